@@ -1,0 +1,269 @@
+"""PPO controller with the algorithm and defaults of stable-baselines PPO2, in plain PyTorch.
+
+Pieces: ``ActorCritic`` (separate 7-32-32 actor and critic MLPs), ``RunningMeanStd`` and
+``VecNormalizer`` (VecNormalize's observation and reward scaling), ``RolloutBuffer`` with GAE,
+and ``ppo_update`` (clipped surrogate, clipped value loss, entropy bonus, gradient clipping).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+HIDDEN = 32
+GAE_LAMBDA = 0.95
+VALUE_COEF = 0.5
+MAX_GRAD_NORM = 0.5
+NORM_EPSILON = 1e-8
+DEFAULT_CLIP = 10.0
+
+
+def layer(in_features, out_features, gain):
+    """A linear layer with orthogonal weights of the given gain and zero bias (as PPO2 initializes)."""
+    linear = nn.Linear(in_features, out_features)
+    nn.init.orthogonal_(linear.weight, gain)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+def mlp(in_features, out_features, out_gain):
+    return nn.Sequential(layer(in_features, HIDDEN, np.sqrt(2)), nn.ReLU(),
+                         layer(HIDDEN, HIDDEN, np.sqrt(2)), nn.ReLU(),
+                         layer(HIDDEN, out_features, out_gain))
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic networks; a categorical policy over 3 actions, or a diagonal
+    Gaussian with a state-independent log standard deviation for continuous actions."""
+
+    def __init__(self, obs_dim=7, discrete=False, num_actions=3, action_dim=1):
+        super().__init__()
+        self.discrete = discrete
+        self.actor = mlp(obs_dim, num_actions if discrete else action_dim, 0.01)
+        self.critic = mlp(obs_dim, 1, 1.0)
+        if not discrete:
+            self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def distribution(self, obs):
+        out = self.actor(obs)
+        if self.discrete:
+            return Categorical(logits=out)
+        return Normal(out, self.log_std.exp().expand_as(out))
+
+    def log_prob_entropy(self, dist, action):
+        """Log-probability and entropy per sample (summed over action dimensions if continuous)."""
+        if self.discrete:
+            return dist.log_prob(action.long()), dist.entropy()
+        return dist.log_prob(action).sum(-1), dist.entropy().sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs, deterministic=False):
+        """Action, its log-probability and the state value; the continuous action is unclipped."""
+        dist = self.distribution(obs)
+        if deterministic:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        log_prob, _ = self.log_prob_entropy(dist, action)
+        return action, log_prob, self.value(obs)
+
+
+class RunningMeanStd:
+    """Running mean and variance over batches (Chan et al.'s parallel update), as in VecNormalize."""
+
+    def __init__(self, shape=()):
+        self.mean = np.zeros(shape)
+        self.var = np.ones(shape)
+        self.count = 1e-4
+
+    def update(self, batch):
+        batch = np.asarray(batch, dtype=np.float64)
+        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta ** 2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self):
+        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": float(self.count)}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), state["count"]
+
+
+class VecNormalizer:
+    """VecNormalize: observations standardized by their running statistics, rewards divided by the
+    running std of the discounted return; both clipped to +-clip. Frozen (``training=False``) at test."""
+
+    def __init__(self, obs_dim, num_envs, norm_obs=True, norm_reward=True, gamma=1.0, clip=DEFAULT_CLIP):
+        self.obs_rms, self.ret_rms = RunningMeanStd((obs_dim,)), RunningMeanStd(())
+        self.norm_obs, self.norm_reward, self.gamma, self.clip = norm_obs, norm_reward, gamma, clip
+        self.returns = np.zeros(num_envs)
+        self.training = True
+
+    def observation(self, obs):
+        if not self.norm_obs:
+            return np.asarray(obs, dtype=np.float32)
+        if self.training:
+            self.obs_rms.update(obs)
+        scaled = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + NORM_EPSILON)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+
+    def reward(self, reward, done):
+        if not self.norm_reward:
+            return np.asarray(reward, dtype=np.float32)
+        if self.training:
+            self.returns = self.returns * self.gamma + reward
+            self.ret_rms.update(self.returns)
+            self.returns[done] = 0
+        scaled = reward / np.sqrt(self.ret_rms.var + NORM_EPSILON)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self):
+        return {"obs_rms": self.obs_rms.state_dict(), "ret_rms": self.ret_rms.state_dict(),
+                "returns": torch.as_tensor(self.returns)}
+
+    def load_state_dict(self, state):
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.ret_rms.load_state_dict(state["ret_rms"])
+        self.returns = state["returns"].numpy().copy()
+
+
+def compute_gae(rewards, values, dones, last_value, last_done, gamma, lam=GAE_LAMBDA):
+    """Generalized advantage estimates and returns for (T, E) rollouts.
+
+    ``dones[t]`` marks that the observation at t starts a new episode (PPO2's convention): the
+    bootstrap from t+1 is cut when ``dones[t+1]`` (or ``last_done`` after the last step) is set.
+    """
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(last_value)
+    for t in reversed(range(num_steps)):
+        next_nonterminal = 1.0 - (last_done if t == num_steps - 1 else dones[t + 1])
+        next_value = last_value if t == num_steps - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_value * next_nonterminal - values[t]
+        last_gae = delta + gamma * lam * next_nonterminal * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+class RolloutBuffer:
+    """``num_steps`` x ``num_envs`` transitions: observations, actions, log-probs, values, rewards,
+    and whether each observation started an episode."""
+
+    def __init__(self, num_steps, num_envs, obs_dim, action_shape):
+        self.obs = torch.zeros(num_steps, num_envs, obs_dim)
+        self.actions = torch.zeros((num_steps, num_envs) + action_shape)
+        self.log_probs = torch.zeros(num_steps, num_envs)
+        self.values = torch.zeros(num_steps, num_envs)
+        self.rewards = torch.zeros(num_steps, num_envs)
+        self.dones = torch.zeros(num_steps, num_envs)
+        self.step = 0
+
+    def add(self, obs, action, log_prob, value, reward, done):
+        for store, item in ((self.obs, obs), (self.actions, action), (self.log_probs, log_prob),
+                            (self.values, value), (self.rewards, reward), (self.dones, done)):
+            store[self.step] = torch.as_tensor(item, dtype=torch.float32)
+        self.step += 1
+
+    def batch(self, last_value, last_done, gamma):
+        """The flattened rollout with GAE advantages and returns, ready for ``ppo_update``."""
+        advantages, returns = compute_gae(self.rewards, self.values, self.dones,
+                                          last_value, torch.as_tensor(last_done, dtype=torch.float32), gamma)
+        self.step = 0
+        flat = lambda t: t.flatten(0, 1)
+        return {"obs": flat(self.obs), "actions": flat(self.actions), "log_probs": flat(self.log_probs),
+                "values": flat(self.values), "advantages": flat(advantages), "returns": flat(returns)}
+
+
+@dataclass
+class PPOConfig:
+    clip_range: float = 10.0
+    ent_coef: float = 0.1
+    vf_coef: float = VALUE_COEF
+    num_minibatches: int = 4
+    num_epochs: int = 4
+    max_grad_norm: float = MAX_GRAD_NORM
+
+
+def ppo_loss(agent, minibatch, config):
+    """PPO2's loss on one minibatch: clipped surrogate + vf_coef * clipped value loss - ent_coef *
+    entropy, with advantages normalized within the minibatch. Returns (loss, statistics)."""
+    dist = agent.distribution(minibatch["obs"])
+    log_prob, entropy = agent.log_prob_entropy(dist, minibatch["actions"])
+    advantages = minibatch["advantages"]
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = log_prob - minibatch["log_probs"]
+    ratio = log_ratio.exp()
+    clip = config.clip_range
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
+
+    value = agent.value(minibatch["obs"])
+    old_value = minibatch["values"]
+    value_clipped = old_value + (value - old_value).clamp(-clip, clip)
+    value_loss = 0.5 * torch.max((value - minibatch["returns"]) ** 2,
+                                 (value_clipped - minibatch["returns"]) ** 2).mean()
+    entropy = entropy.mean()
+    loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+    with torch.no_grad():
+        stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                 "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
+                 "clip_fraction": ((ratio - 1).abs() > clip).float().mean().item()}
+    return loss, stats
+
+
+def gradient_step(agent, optimizer, loss, max_grad_norm):
+    """One optimizer step with the gradient norm clipped (the piece a DD-PPO all-reduce wraps)."""
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+def explained_variance(predicted, target):
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a constant."""
+    var = target.var()
+    return float("nan") if var == 0 else (1 - (target - predicted).var() / var).item()
+
+
+def ppo_update(agent, optimizer, batch, config, generator=None, step=gradient_step):
+    """``num_epochs`` passes of shuffled minibatches over a rollout batch; mean statistics."""
+    size = batch["obs"].shape[0]
+    minibatch_size = size // config.num_minibatches
+    history = []
+    for _ in range(config.num_epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size, minibatch_size):
+            index = order[start:start + minibatch_size]
+            loss, stats = ppo_loss(agent, {k: v[index] for k, v in batch.items()}, config)
+            step(agent, optimizer, loss, config.max_grad_norm)
+            history.append(stats)
+    means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    means["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+    return means
+
+
+CHECKPOINT_FORMAT = "alrs-controller-1"
+
+
+def controller_state(agent, normalizer, action_range):
+    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics."""
+    return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
+            "agent": agent.state_dict(), "normalizer": normalizer.state_dict(),
+            "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
+
+
+def load_controller(state):
+    """(agent, normalizer, action_range) from ``controller_state``; the normalizer is frozen."""
+    agent = ActorCritic(discrete=state["discrete"])
+    agent.load_state_dict(state["agent"])
+    normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
+    normalizer.load_state_dict(state["normalizer"])
+    normalizer.training = False
+    return agent.eval(), normalizer, state["action_range"]

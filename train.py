@@ -1,0 +1,171 @@
+"""Train a PPO controller that sets a child network's learning rate.
+
+    python train.py --dataset fa-mnist --architecture cnn
+    python train.py --resume <experiment-id>
+
+Writes runs/<experiment-id>/: args.json, episodes.jsonl and updates.jsonl (metrics),
+checkpoints/{latest,best,step-*_val-*}.pt and progress.png.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from environment import OBS_DIM, EnvConfig, VecALRSEnv
+from ppo import (DEFAULT_CLIP, ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer,
+                 controller_state, ppo_update)
+from utils import (UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
+                   parse_args, plot_training, read_jsonl, resolve_device, run_cli, save_checkpoint,
+                   save_json, atomic_write)
+
+NUM_PERIODIC_CHECKPOINTS = 10
+TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
+
+
+def new_run_dir(args):
+    kind = "discrete" if args.discrete else "continuous"
+    run_id = f"{dataset_name(args.dataset)}_{args.architecture}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.tb_suffix:
+        run_id += f"_{args.tb_suffix}"
+    run_dir = Path(args.runs_dir) / run_id
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(args.runs_dir) / f"{run_id}-{suffix}"
+    run_dir.mkdir(parents=True)
+    save_json(run_dir / "args.json", vars(args))
+    return run_dir
+
+
+def resumed_args(args):
+    """The saved arguments of the experiment named by --resume (its settings win over the flags)."""
+    run_dir = find_run(args.runs_dir, args.resume)
+    saved = json.loads((run_dir / "args.json").read_text())
+    saved.update(resume=args.resume, runs_dir=args.runs_dir, device=args.device)
+    return type(args)(**saved), run_dir
+
+
+def keep_records_before(path, update):
+    """Drop metric lines written after the checkpoint a resumed run starts from."""
+    records = [r for r in read_jsonl(path) if r["update"] < update]
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def main():
+    args = parse_args()
+    if args.resume:
+        args, run_dir = resumed_args(args)
+    else:
+        run_dir = new_run_dir(args)
+    print(f"experiment id: {run_dir.name}  ({run_dir})")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
+
+    num_envs, num_steps = args.num_envs, args.ppo2_update_freq
+    seeds = [args.seed * TRAIN_SEED_OFFSET + i for i in range(num_envs)]
+    envs = VecALRSEnv(EnvConfig.from_args(args, lr_noise=True), splits, seeds, device)
+    agent = ActorCritic(OBS_DIM, discrete=bool(args.discrete))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
+    clip = args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP
+    normalizer = VecNormalizer(OBS_DIM, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
+                               args.ppo2_gamma, clip)
+    config = PPOConfig(clip_range=args.ppo2_cliprange, ent_coef=args.ppo2_ent_coef,
+                       num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
+    action_shape = () if args.discrete else (1,)
+    buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, action_shape)
+    num_updates = args.ppo2_total_timesteps // (num_envs * num_steps)
+    if num_updates == 0:
+        raise UserError(f"--ppo2-total-timesteps {args.ppo2_total_timesteps} is less than one rollout "
+                        f"(--num-envs x --ppo2-update-freq = {num_envs * num_steps})")
+    periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
+    checkpoints = run_dir / "checkpoints"
+    episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
+
+    if args.resume and (checkpoints / "latest.pt").exists():
+        state = load_checkpoint(checkpoints / "latest.pt", required=("format", "env", "update"))
+        agent.load_state_dict(state["agent"])
+        optimizer.load_state_dict(state["optimizer"])
+        normalizer.load_state_dict(state["normalizer"])
+        envs.load_state_dict(state["env"])
+        torch.set_rng_state(state["torch_rng"])
+        start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
+        obs, done = state["obs"].numpy(), state["done"].numpy()
+        print(f"resuming at update {start_update}/{num_updates} ({start_update * num_envs * num_steps} steps)")
+    else:
+        raw_obs, _ = envs.reset()
+        obs, done = normalizer.observation(raw_obs), np.zeros(num_envs, dtype=bool)
+        start_update, num_episodes, best_val = 0, 0, float("inf")
+    for path in (episodes_path, updates_path):
+        keep_records_before(path, start_update)
+
+    progress = tqdm(total=num_updates * num_envs * num_steps, initial=start_update * num_envs * num_steps,
+                    unit="step", desc="controller", dynamic_ncols=True)
+    last_val = None
+    try:
+        for update in range(start_update, num_updates):
+            started = time.perf_counter()
+            episodes = []
+            for _ in range(num_steps):
+                action, log_prob, value = agent.act(torch.as_tensor(obs))
+                raw_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+                ended = terminated | truncated
+                buffer.add(obs, action, log_prob, value, normalizer.reward(reward, ended), done)
+                obs, done = normalizer.observation(raw_obs), ended
+                for i in np.flatnonzero(ended):
+                    info = infos[i]
+                    num_episodes += 1
+                    episodes.append({"update": update, "episode": num_episodes, "env": int(i),
+                                     "timesteps": (update * num_steps + buffer.step) * num_envs,
+                                     "return": info["episode_return"], "diverged": info["diverged"],
+                                     "final_val_loss": None if info["diverged"] else info["final_val_loss"],
+                                     "lr_min": info["lr_min"], "lr_max": info["lr_max"]})
+                    last_val = info["final_val_loss"]
+                progress.update(num_envs)
+                progress.set_postfix(episodes=num_episodes, last_val_loss=f"{last_val:.4f}" if last_val else "-")
+
+            timesteps = (update + 1) * num_steps * num_envs
+            finals = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
+            mean_val = float(np.mean(finals)) if finals else None
+            if mean_val is not None and mean_val < best_val:
+                # the policy that produced these episodes, before this rollout's update changes it
+                best_val = mean_val
+                save_checkpoint(checkpoints / "best.pt", {**controller_state(agent, normalizer, args.action_range),
+                                                          "timesteps": timesteps, "val_loss": best_val})
+            with torch.no_grad():
+                last_value = agent.value(torch.as_tensor(obs))
+            batch = buffer.batch(last_value, done, args.ppo2_gamma)
+            stats = ppo_update(agent, optimizer, batch, config)
+            stats.update(update=update, timesteps=timesteps, episodes=num_episodes, mean_final_val_loss=mean_val,
+                         steps_per_second=num_steps * num_envs / (time.perf_counter() - started))
+            for record in episodes:
+                append_jsonl(episodes_path, record)
+            append_jsonl(updates_path, stats)
+
+            controller = controller_state(agent, normalizer, args.action_range)
+            save_checkpoint(checkpoints / "latest.pt", {
+                **controller, "optimizer": optimizer.state_dict(), "env": envs.state_dict(),
+                "torch_rng": torch.get_rng_state(), "update": update + 1, "episodes": num_episodes,
+                "best_val_loss": best_val, "obs": torch.as_tensor(obs), "done": torch.as_tensor(done),
+                "timesteps": timesteps})
+            if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
+                name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
+                save_checkpoint(checkpoints / name, {**controller, "timesteps": timesteps, "val_loss": mean_val})
+                plot_training(read_jsonl(episodes_path), read_jsonl(updates_path), run_dir / "progress.png",
+                              run_dir.name)
+    except KeyboardInterrupt:
+        progress.close()
+        raise UserError(f"interrupted; continue with: python train.py --resume {run_dir.name}") from None
+    progress.close()
+    best = "none (no episode finished)" if best_val == float("inf") else f"{best_val:.4f}"
+    print(f"done: {num_episodes} episodes; best mean final validation loss {best}; "
+          f"checkpoints in {checkpoints}")
+    print(f"evaluate with: python test.py --dataset {args.dataset} --architecture {args.architecture} "
+          f"--discrete {args.discrete} --test-id {run_dir.name}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
