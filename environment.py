@@ -301,12 +301,13 @@ class VecALRSEnv:
 
     # --------------------------------------------------------------------- Gymnasium-style API
 
-    def reset(self, seed=None):
-        """Start a new episode in every environment. ``seed``: an int (env i gets seed + i) or a list."""
+    def reset(self, seed=None, options=None):
+        """Start a new episode in every environment. ``seed``: an int (env i gets seed + i) or a list;
+        ``options={"initial_lr": [...]}`` sets each environment's initial learning rate (0: as configured)."""
         if seed is not None:
             self._seed([seed + i for i in range(self.num_envs)] if np.isscalar(seed) else seed)
         self.finished[:] = False
-        self._reset_envs(np.ones(self.num_envs, dtype=bool))
+        self._reset_envs(np.ones(self.num_envs, dtype=bool), (options or {}).get("initial_lr"))
         return self.obs.astype(np.float32), [self._info(i) for i in range(self.num_envs)]
 
     def step(self, actions):
@@ -378,7 +379,7 @@ class VecALRSEnv:
 
     # --------------------------------------------------------------------- internals
 
-    def _reset_envs(self, mask):
+    def _reset_envs(self, mask, initial_lr=None):
         for i in np.flatnonzero(mask):
             generator = self.env_generators[i]
             child_seed = int(torch.randint(2 ** 62, (1,), generator=generator))
@@ -387,7 +388,7 @@ class VecALRSEnv:
                 child = build_model(self.config.architecture, self.splits.in_channels,
                                     self.splits.image_size, self.splits.num_classes)
             self.children.load_child(i, child)
-            lr = self.config.initial_lr
+            lr = initial_lr[i] if initial_lr is not None and initial_lr[i] > 0 else self.config.initial_lr
             if lr == 0:
                 lr = RANDOM_INITIAL_LRS[int(torch.randint(len(RANDOM_INITIAL_LRS), (1,), generator=generator))]
             if self.config.lr_noise:
@@ -435,3 +436,31 @@ class VecALRSEnv:
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
                         lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]))
         return info
+
+
+def run_episode(envs, next_lr, seeds, initial_lr=None):
+    """Run one episode in every environment of ``envs`` (built with ``autoreset=False``).
+
+    ``next_lr(obs, lr, step)`` returns the learning rates of the block that starts at child step
+    ``step`` from the observations (E, 7) and the current rates (E,). Returns the curves recorded at each observation, arrays
+    ``step`` (T,) and ``train_loss``, ``val_loss``, ``lr`` (E, T), NaN after a divergence, and
+    ``test_loss``, ``test_accuracy``, ``diverged`` (E,) of the final children.
+    """
+    obs, infos = envs.reset(seed=seeds, options={"initial_lr": initial_lr})
+    curves = {key: [] for key in ("train_loss", "val_loss", "lr")}
+    steps = []
+    diverged = np.zeros(envs.num_envs, dtype=bool)
+    while True:
+        alive = ~diverged
+        for key in curves:
+            curves[key].append(np.where(alive, [info[key] for info in infos], np.nan))
+        steps.append(max(info["step"] for info in infos))
+        if steps[-1] >= envs.config.num_train_steps:
+            break
+        obs, _, terminated, _, infos = envs.step_lr(next_lr(obs, envs.lr.copy(), steps[-1]))
+        diverged |= terminated
+    test_loss, test_accuracy = envs.evaluate_test()
+    result = {key: np.stack(values, axis=1) for key, values in curves.items()}
+    result.update(step=np.array(steps), test_loss=np.where(diverged, np.nan, test_loss),
+                  test_accuracy=np.where(diverged, np.nan, test_accuracy), diverged=diverged)
+    return result

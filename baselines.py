@@ -1,0 +1,116 @@
+"""Sweep the step-decay baseline grid (and constant learning rates) for one dataset and child.
+
+    python baselines.py --dataset fa-mnist --architecture cnn
+
+lr = lr0 * factor ** floor(step / discount_step) over --initial-lrs x --discount-steps x
+--discount-factors (48 runs by default), plus a constant lr0 for each --initial-lrs. Every run starts
+from the same child initialization and sees the same batches. Results are appended to
+runs/baselines/<setting>/results.jsonl as they finish (a rerun skips finished ones); the best
+step-decay and constant configurations, by final validation loss, go to best.json with their curves.
+"""
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from environment import EnvConfig, VecALRSEnv, run_episode
+from utils import (append_jsonl, dataset_name, load_splits, parse_args, plot_schedules, read_jsonl,
+                   resolve_device, run_cli, save_json)
+
+
+def setting_id(args):
+    """Name of the folder holding the baselines of one training setting (dataset, child, steps...)."""
+    name = f"{dataset_name(args.dataset)}_{args.architecture}_steps{args.num_train_steps}_batch{args.batch_size}"
+    for flag, value, default in (("uf", args.update_freq, 10), ("train", args.train_size, None),
+                                 ("val", args.val_size, 10000), ("seed", args.seed, 0)):
+        if value != default:
+            name += f"_{flag}{value}"
+    return name
+
+
+def baseline_dir(args):
+    return Path(args.runs_dir) / "baselines" / setting_id(args)
+
+
+def grid(args):
+    """The run list: plain dicts, step decay first, then one constant rate per initial lr."""
+    runs = [{"name": f"step_lr{lr:g}_every{step}_x{factor:g}", "kind": "step_decay", "initial_lr": lr,
+             "discount_step": step, "discount_factor": factor}
+            for lr, step, factor in itertools.product(args.initial_lrs, args.discount_steps, args.discount_factors)]
+    runs += [{"name": f"constant_lr{lr:g}", "kind": "constant", "initial_lr": lr} for lr in args.initial_lrs]
+    return runs
+
+
+def schedule_lr(run, step):
+    """Learning rate of a baseline run for the block that starts at child step ``step``."""
+    if run["kind"] == "constant":
+        return run["initial_lr"]
+    return run["initial_lr"] * run["discount_factor"] ** (step // run["discount_step"])
+
+
+def run_schedules(runs, config, splits, seed, device):
+    """Train one child per run with its fixed schedule, all from the same seed (synced)."""
+    envs = VecALRSEnv(config, splits, [seed] * len(runs), device, autoreset=False)
+    curves = run_episode(envs, lambda obs, lr, step: np.array([schedule_lr(run, step) for run in runs]),
+                         [seed] * len(runs), [run["initial_lr"] for run in runs])
+    results = []
+    for i, run in enumerate(runs):
+        val = curves["val_loss"][i]
+        diverged = bool(curves["diverged"][i])
+        results.append({**run, "diverged": diverged,
+                        "final_val_loss": None if diverged else float(val[-1]),
+                        "best_val_loss": None if diverged else float(np.nanmin(val)),
+                        "test_loss": None if diverged else float(curves["test_loss"][i]),
+                        "test_accuracy": None if diverged else float(curves["test_accuracy"][i]),
+                        "curves": {"step": curves["step"].tolist(),
+                                   **{k: [None if math.isnan(v) else float(v) for v in curves[k][i]]
+                                      for k in ("train_loss", "val_loss", "lr")}}})
+    return results
+
+
+def best_of(results, kind):
+    finished = [r for r in results if r["kind"] == kind and r["final_val_loss"] is not None]
+    return min(finished, key=lambda r: r["final_val_loss"]) if finished else None
+
+
+def main():
+    args = parse_args()
+    out = baseline_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {r["name"] for r in read_jsonl(results_path)}
+    todo = [run for run in grid(args) if run["name"] not in done]
+    print(f"baselines of {out.name}: {len(done)} runs finished, {len(todo)} to go  ({out})")
+    device = resolve_device(args.device)
+    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
+    config = EnvConfig.from_args(args, lr_noise=False)
+    with tqdm(total=len(todo), unit="run", desc="baselines", dynamic_ncols=True) as progress:
+        for start in range(0, len(todo), args.num_envs):
+            for result in run_schedules(todo[start:start + args.num_envs], config, splits, args.seed, device):
+                append_jsonl(results_path, result)
+                progress.update(1)
+                progress.set_postfix(last=result["name"], val_loss=result["final_val_loss"])
+
+    results = read_jsonl(results_path)
+    best = {"setting": out.name, "args": vars(args),
+            "step_decay": best_of(results, "step_decay"), "constant": best_of(results, "constant")}
+    save_json(out / "best.json", best)
+    table = sorted((r for r in results if r["final_val_loss"] is not None), key=lambda r: r["final_val_loss"])
+    for r in table[:5]:
+        print(f"  {r['name']:<32} final val loss {r['final_val_loss']:.4f}  log {math.log(r['final_val_loss']):+.4f}")
+    diverged = [r["name"] for r in results if r["diverged"]]
+    if diverged:
+        print(f"  diverged: {', '.join(diverged)}")
+    for kind in ("step_decay", "constant"):
+        if best[kind]:
+            loss = best[kind]["final_val_loss"]
+            print(f"best {kind}: {best[kind]['name']}  final validation loss {loss:.4f} (log {math.log(loss):.4f})")
+    curves = {best[k]["name"]: best[k]["curves"] for k in ("step_decay", "constant") if best[k]}
+    plot_schedules(curves, out / "best.png", f"best baselines: {out.name}")
+    print(f"saved {out / 'best.json'} and {out / 'best.png'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
