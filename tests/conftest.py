@@ -1,0 +1,87 @@
+"""Tiny datasets in the real on-disk formats, written by the tests themselves.
+
+Images carry their class as a bright square at a class-dependent place plus noise, so a child
+network learns them within a few steps.
+"""
+import gzip
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_images(num, channels, size, num_classes=10, seed=0):
+    """uint8 images (num, channels, size, size) and labels: class k lights up square k."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, num)
+    images = rng.integers(0, 60, (num, channels, size, size)).astype(np.uint8)
+    cells = int(np.ceil(np.sqrt(num_classes)))
+    cell = size // cells
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), cells)
+        images[i, :, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 230
+    return images, labels.astype(np.uint8)
+
+
+def write_idx(path, array, compress=False):
+    """An IDX file (the MNIST format): magic with type 0x08 (uint8) and rank, big-endian sizes."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path = Path(f"{path}.gz" if compress else path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def write_mnist(root, folder="FashionMNIST", num_train=400, num_test=100, compress=False):
+    """torchvision's layout: root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+    raw = Path(root) / folder / "raw"
+    for prefix, num, seed in (("train", num_train, 1), ("t10k", num_test, 2)):
+        images, labels = make_images(num, 1, 28, seed=seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images[:, 0], compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return Path(root)
+
+
+def write_cifar(root, per_batch=60, num_test=50):
+    """torchvision's cifar-10-batches-py: pickled dicts with 'data' (N, 3072) uint8 and 'labels'."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for seed, name in enumerate(names):
+        images, labels = make_images(num_test if name == "test_batch" else per_batch, 3, 32, seed=seed)
+        batch = {"batch_label": name, "data": images.reshape(len(images), -1),
+                 "labels": labels.astype(int).tolist(), "filenames": [f"{i}.png" for i in range(len(images))]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return Path(root)
+
+
+def write_image_folder(root, size=40, mode="RGB", num_classes=3, per_class=(30, 8)):
+    """train/<class>/*.png and test/<class>/*.png."""
+    channels = 3 if mode == "RGB" else 1
+    for split, count in zip(("train", "test"), per_class):
+        images, _ = make_images(count * num_classes, channels, size, num_classes, seed=len(split))
+        for k in range(num_classes):
+            folder = Path(root) / split / f"class{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = images[k * count + i].transpose(1, 2, 0)
+                Image.fromarray(pixels[..., 0] if mode == "L" else pixels).save(folder / f"{i}.png")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A --data-dir with tiny Fashion-MNIST (raw IDX) and MNIST (.gz) in torchvision's layout."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, "FashionMNIST")
+    write_mnist(root, "MNIST", compress=True)
+    write_cifar(root)
+    return root
