@@ -7,6 +7,7 @@ Writes runs/<experiment-id>/: args.json, episodes.jsonl and updates.jsonl (metri
 checkpoints/{latest,best,step-*_val-*}.pt and progress.png.
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -158,7 +159,9 @@ def main():
                               run_dir.name)
     except KeyboardInterrupt:
         progress.close()
-        raise UserError(f"interrupted; continue with: python train.py --resume {run_dir.name}") from None
+        print(f"stopped after update {update}; continue with: python train.py --resume {run_dir.name}",
+              file=sys.stderr)
+        raise
     progress.close()
     best = "none (no episode finished)" if best_val == float("inf") else f"{best_val:.4f}"
     print(f"done: {num_episodes} episodes; best mean final validation loss {best}; "

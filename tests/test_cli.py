@@ -1,0 +1,245 @@
+"""The three scripts end to end through their real command lines, their errors, and resuming."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, write_image_folder
+from utils import parse_args
+
+TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
+        "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
+TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "48", "--ppo2-nminibatches", "2"]
+TINY_GRID = ["--initial-lrs", "0.01", "0.001", "--discount-steps", "3", "--discount-factors", "0.5"]
+
+
+def run(script, *args, check=True):
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def experiment_id(stdout):
+    return re.search(r"experiment id: (\S+)", stdout).group(1)
+
+
+def jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_dir, tmp_path_factory):
+    """One tiny controller trained on fa-mnist/cnn, and the baselines of fa-mnist/cnn."""
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY]
+    out = run("train.py", *common, *TINY_PPO).stdout
+    run("baselines.py", *common, *TINY_GRID)
+    return runs, experiment_id(out), common
+
+
+def test_train_writes_metrics_checkpoints_and_figure(trained):
+    runs, run_id, _ = trained
+    run_dir = runs / run_id
+    assert json.loads((run_dir / "args.json").read_text())["architecture"] == "cnn"
+    updates = jsonl(run_dir / "updates.jsonl")
+    assert [u["update"] for u in updates] == [0, 1, 2, 3, 4, 5]  # 48 steps / (2 envs x 4)
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                "explained_variance", "steps_per_second"):
+        assert all(key in u for u in updates)
+    episodes = jsonl(run_dir / "episodes.jsonl")
+    assert len(episodes) == 2 * (48 // 2) // 3  # each env: 24 controller steps, 3 per episode
+    assert all(e["final_val_loss"] > 0 and e["lr_min"] <= e["lr_max"] for e in episodes)
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "best.pt" in names and "latest.pt" in names
+    assert any(re.fullmatch(r"step-0000048_val-\d+\.\d{4}\.pt", n) for n in names), names
+    for name in names:
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert state["format"] == "alrs-controller-1"
+    assert (run_dir / "progress.png").stat().st_size > 10_000
+
+
+def test_baselines_pick_the_lowest_final_validation_loss(trained):
+    runs, _, _ = trained
+    folder = next((runs / "baselines").iterdir())
+    results = jsonl(folder / "results.jsonl")
+    assert len(results) == 2 * 1 * 1 + 2
+    best = json.loads((folder / "best.json").read_text())
+    step_decay = [r for r in results if r["kind"] == "step_decay"]
+    assert best["step_decay"]["final_val_loss"] == min(r["final_val_loss"] for r in step_decay)
+    lr_curve = best["step_decay"]["curves"]["lr"]
+    lr0 = best["step_decay"]["initial_lr"]
+    assert lr_curve == pytest.approx([lr0 * 0.5 ** (step // 3) for step in range(0, 12, 3)])
+    assert (folder / "best.png").exists()
+
+
+def test_test_compares_learned_schedule_with_baselines(trained):
+    runs, run_id, common = trained
+    out = run("test.py", *common, "--test-id", run_id, "--test-runs", "2").stdout
+    assert "TRANSFER" not in out
+    assert re.search(r"^learned\s+\d+\.\d{4} \+- \d+\.\d{4}", out, re.M), out
+    result = json.loads((runs / run_id / "test" / "fa-mnist_cnn" / "results.json").read_text())
+    assert not result["transfer"] and len(result["seeds"]) == 2
+    assert len(result["summary"]) == 3
+    for method in result["runs"].values():
+        assert len(method["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in method["test_accuracy"])
+    assert (runs / run_id / "test" / "fa-mnist_cnn" / "schedules.png").exists()
+
+
+def test_transfer_to_another_dataset_and_child_is_flagged(trained, mnist_dir):
+    runs, run_id, common = trained
+    other = [*common, "--dataset", "mnist", "--architecture", "mlp"]
+    missing = run("test.py", *other, "--test-id", run_id, check=False)
+    assert missing.returncode == 2 and "python baselines.py --dataset mnist --architecture mlp" in missing.stderr
+    run("baselines.py", *other, *TINY_GRID)
+    out = run("test.py", *other, "--test-id", run_id, "--test-runs", "1").stdout
+    assert "[TRANSFER]" in out
+    assert json.loads((runs / run_id / "test" / "mnist_mlp_transfer" / "results.json").read_text())["transfer"]
+
+
+def test_image_folder_dataset_runs_end_to_end(tmp_path):
+    folder = write_image_folder(tmp_path / "shapes", size=36, num_classes=3, per_class=(40, 10))
+    common = ["--dataset", folder, "--architecture", "mlp", "--runs-dir", tmp_path / "runs", *TINY,
+              "--val-size", "30", "--train-size", "60"]
+    out = run("train.py", *common, "--ppo2-update-freq", "3", "--ppo2-total-timesteps", "6",
+              "--ppo2-nminibatches", "2").stdout
+    assert experiment_id(out).startswith("shapes_mlp_continuous_")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "imagenet"], "choose from mnist, fa-mnist, cifar10"),
+    (["--architecture", "vgg"], "invalid choice: 'vgg'"),
+    (["--batch-size", "0"], "--batch-size: must be positive"),
+    (["--action-range", "1"], "--action-range: must be > 1"),
+    (["--num-train-steps", "20", "--update-freq", "7"], "must divide --num-train-steps"),
+    (["--test-id", "../other"], "is not a plain name"),
+    (["--resume", "a/b"], "is not a plain name"),
+    (["--discrete", "2"], "invalid choice: 2"),
+    (["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
+])
+def test_bad_flags_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda"])
+    assert "cuda is not available" in capsys.readouterr().err
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[0], result.stderr
+
+
+def test_missing_data_names_the_files_and_folder(tmp_path):
+    result = run("train.py", "--data-dir", tmp_path, "--runs-dir", tmp_path / "runs", check=False)
+    assert_one_line_error(result, "train-images-idx3-ubyte", str(tmp_path / "FashionMNIST" / "raw"))
+
+
+def test_unknown_test_id_lists_the_experiments(trained):
+    runs, run_id, common = trained
+    assert_one_line_error(run("test.py", *common, "--test-id", "nope", check=False), "'nope'", run_id)
+
+
+def test_discrete_mismatch_and_damaged_checkpoints_are_refused(trained):
+    runs, run_id, common = trained
+    assert_one_line_error(run("test.py", *common, "--test-id", run_id, "--discrete", "1", check=False),
+                          "--discrete 0")
+    checkpoints = runs / run_id / "checkpoints"
+    (checkpoints / "truncated.pt").write_bytes((checkpoints / "best.pt").read_bytes()[:300])
+    torch.save({"weights": torch.zeros(2)}, checkpoints / "foreign.pt")
+    for name in ("truncated", "foreign"):
+        assert_one_line_error(run("test.py", *common, "--test-id", run_id, "--test-schedule", name, check=False),
+                              f"{name}.pt")
+    assert_one_line_error(run("test.py", *common, "--test-id", run_id, "--test-schedule", "missing", check=False),
+                          "best.pt", "latest.pt")
+
+
+def start(script, *args):
+    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def compare_updates(a, b):
+    drop = lambda records: [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+    assert drop(jsonl(a)) == drop(jsonl(b))
+
+
+def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_dir, tmp_path):
+    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--seed", "3"]
+    reference = tmp_path / experiment_id(run("train.py", *common, "--tb-suffix", "reference").stdout)
+
+    process = start("train.py", *common, "--tb-suffix", "killed")
+    wait_for(lambda: any(tmp_path.glob("*killed/updates.jsonl")), process)
+    killed = next(tmp_path.glob("*killed"))
+    wait_for(lambda: len(jsonl(killed / "updates.jsonl")) >= 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(jsonl(killed / "updates.jsonl")) < 6
+
+    out = run("train.py", "--resume", killed.name, "--runs-dir", tmp_path, "--device", "cpu").stdout
+    assert "resuming at update" in out
+    compare_updates(reference / "updates.jsonl", killed / "updates.jsonl")
+    assert jsonl(reference / "episodes.jsonl") == jsonl(killed / "episodes.jsonl")
+    final = [torch.load(d / "checkpoints" / "latest.pt", weights_only=True) for d in (reference, killed)]
+    for key, value in final[0]["agent"].items():
+        assert torch.equal(value, final[1]["agent"][key]), key
+
+
+def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path):
+    process = start("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
+                    "--ppo2-total-timesteps", "800")
+    wait_for(lambda: any(tmp_path.glob("*/checkpoints/latest.pt")), process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "python train.py --resume" in err
+    latest = next(tmp_path.glob("*/checkpoints/latest.pt"))
+    assert torch.load(latest, weights_only=True)["update"] >= 1
+
+
+def test_baselines_resume_skips_finished_runs(mnist_dir, tmp_path):
+    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--num-envs", "1",
+              "--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "6", "--discount-factors", "0.5"]
+    process = start("baselines.py", *common)
+    results = lambda: next(tmp_path.glob("baselines/*/results.jsonl"), None)
+    wait_for(lambda: results() is not None and len(jsonl(results())) >= 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(jsonl(results()))
+    assert finished < 9
+    out = run("baselines.py", *common).stdout
+    assert f"{finished} runs finished, {9 - finished} to go" in out
+    names = [r["name"] for r in jsonl(results())]
+    assert len(names) == len(set(names)) == 9
+
+    fresh = tmp_path / "fresh"
+    run("baselines.py", *[fresh if a == tmp_path else a for a in common])
+    reference = {r["name"]: r["final_val_loss"] for r in jsonl(next(fresh.glob("baselines/*/results.jsonl")))}
+    resumed = {r["name"]: r["final_val_loss"] for r in jsonl(results())}
+    assert resumed == pytest.approx(reference, rel=1e-5)
