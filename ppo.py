@@ -164,7 +164,7 @@ class RolloutBuffer:
         self.values = torch.zeros(num_steps, num_envs)
         self.rewards = torch.zeros(num_steps, num_envs)
         self.dones = torch.zeros(num_steps, num_envs)
-        self.step = 0
+        self.num_steps, self.step = num_steps, 0
 
     def add(self, obs, action, log_prob, value, reward, done):
         for store, item in ((self.obs, obs), (self.actions, action), (self.log_probs, log_prob),

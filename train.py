@@ -55,6 +55,26 @@ def keep_records_before(path, update):
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
+def collect_rollout(envs, agent, normalizer, buffer, obs, done, on_step=None):
+    """Fill ``buffer`` with one rollout of the current policy from normalized ``obs``.
+
+    ``done[i]`` says whether ``obs[i]`` starts an episode. Returns the next (obs, done) and
+    (step, env, info) of every episode that ended; ``on_step(infos)`` is called after each step
+    with the final infos of the episodes that ended in it.
+    """
+    ended = []
+    for step in range(buffer.num_steps):
+        action, log_prob, value = agent.act(torch.as_tensor(obs))
+        raw_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+        finished = terminated | truncated
+        buffer.add(obs, action, log_prob, value, normalizer.reward(reward, finished), done)
+        obs, done = normalizer.observation(raw_obs), finished
+        ended += [(step, int(i), infos[i]) for i in np.flatnonzero(finished)]
+        if on_step:
+            on_step([infos[i] for i in np.flatnonzero(finished)])
+    return obs, done, ended
+
+
 def main():
     args = parse_args()
     if args.resume:
@@ -105,28 +125,24 @@ def main():
 
     progress = tqdm(total=num_updates * num_envs * num_steps, initial=start_update * num_envs * num_steps,
                     unit="step", desc="controller", dynamic_ncols=True)
-    last_val = None
+
+    def show_progress(infos):
+        progress.update(num_envs)
+        if infos:
+            progress.set_postfix(last_val_loss=f"{infos[-1]['final_val_loss']:.4f}")
+
     try:
         for update in range(start_update, num_updates):
             started = time.perf_counter()
+            obs, done, ended = collect_rollout(envs, agent, normalizer, buffer, obs, done, show_progress)
             episodes = []
-            for _ in range(num_steps):
-                action, log_prob, value = agent.act(torch.as_tensor(obs))
-                raw_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
-                ended = terminated | truncated
-                buffer.add(obs, action, log_prob, value, normalizer.reward(reward, ended), done)
-                obs, done = normalizer.observation(raw_obs), ended
-                for i in np.flatnonzero(ended):
-                    info = infos[i]
-                    num_episodes += 1
-                    episodes.append({"update": update, "episode": num_episodes, "env": int(i),
-                                     "timesteps": (update * num_steps + buffer.step) * num_envs,
-                                     "return": info["episode_return"], "diverged": info["diverged"],
-                                     "final_val_loss": None if info["diverged"] else info["final_val_loss"],
-                                     "lr_min": info["lr_min"], "lr_max": info["lr_max"]})
-                    last_val = info["final_val_loss"]
-                progress.update(num_envs)
-                progress.set_postfix(episodes=num_episodes, last_val_loss=f"{last_val:.4f}" if last_val else "-")
+            for step, env, info in ended:
+                num_episodes += 1
+                episodes.append({"update": update, "episode": num_episodes, "env": env,
+                                 "timesteps": (update * num_steps + step + 1) * num_envs,
+                                 "return": info["episode_return"], "diverged": info["diverged"],
+                                 "final_val_loss": None if info["diverged"] else info["final_val_loss"],
+                                 "lr_min": info["lr_min"], "lr_max": info["lr_max"]})
 
             timesteps = (update + 1) * num_steps * num_envs
             finals = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]

@@ -1,0 +1,37 @@
+"""The training loop's rollout collection: diverging children never reach the controller."""
+import numpy as np
+import torch
+
+from environment import EnvConfig, VecALRSEnv
+from ppo import ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer, ppo_update
+from train import collect_rollout
+from utils import load_splits
+
+
+def test_diverged_child_ends_its_episode_and_nothing_non_finite_enters_the_controller(mnist_dir):
+    torch.manual_seed(0)
+    splits = load_splits("fa-mnist", mnist_dir, train_size=200, val_size=50)
+    envs = VecALRSEnv(EnvConfig("mlp", batch_size=16, update_freq=3, num_train_steps=30), splits, [0, 1])
+    agent, normalizer = ActorCritic(), VecNormalizer(7, 2)
+    buffer = RolloutBuffer(6, 2, 7, (1,))
+    obs, done = normalizer.observation(envs.reset()[0]), np.zeros(2, dtype=bool)
+    with torch.no_grad():
+        envs.children.models[0].layers[1].weight.fill_(float("nan"))  # child 0 diverges at once
+
+    obs, done, ended = collect_rollout(envs, agent, normalizer, buffer, obs, done)
+
+    (step, env, info), = ended
+    assert (step, env, info["diverged"]) == (0, 0, True)
+    assert buffer.dones[1, 0] == 1  # the next observation of env 0 starts a fresh episode
+    for stored in (buffer.obs, buffer.rewards, buffer.values, buffer.log_probs, buffer.actions):
+        assert torch.isfinite(stored).all()
+    assert np.isfinite(obs).all()
+    for stats in (normalizer.obs_rms, normalizer.ret_rms):
+        assert np.isfinite(stats.mean).all() and np.isfinite(stats.var).all()
+    assert buffer.rewards[0, 0] == buffer.rewards.min()  # the penalty is the worst reward
+
+    with torch.no_grad():
+        last_value = agent.value(torch.as_tensor(obs))
+    ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=3e-3), buffer.batch(last_value, done, 1.0),
+               PPOConfig(num_minibatches=2, num_epochs=2))
+    assert all(torch.isfinite(p).all() for p in agent.parameters())
