@@ -1,0 +1,177 @@
+"""Time child training: a torchvision DataLoader loop vs this project's environment.
+
+    python bench.py --device cpu --children mlp,cnn --steps 100 --json bench.json
+
+For each child, on synthetic data of the real shapes (28x28x1 for mlp/cnn, 32x32x3 for resnet),
+batch 1000 and a full validation pass every 10 steps, it measures in one run:
+  dataloader  the loop a torchvision user writes: per-sample PIL -> ToTensor, DataLoader(shuffle),
+              loss.item() every step, validation through a DataLoader every update_freq steps;
+  env         VecALRSEnv with one environment (reset excluded);
+  vec env     VecALRSEnv with --num-envs environments stepping together (time per environment);
+  train only  the floor: Adam steps on device-resident batches, no validation, no observation.
+and prints milliseconds per child step with the speed-up of the environment over the DataLoader loop.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import ToTensor
+
+from environment import EnvConfig, VecALRSEnv
+from models import build_model
+from utils import Splits, atomic_write
+
+SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet": (3, 32, 32)}
+
+
+def synthetic_splits(child, train_size, val_size, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shape = SHAPES[child]
+    images = lambda n: torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=generator)
+    labels = lambda n: torch.randint(0, 10, (n,), generator=generator)
+    return Splits(images(train_size), labels(train_size), images(val_size), labels(val_size),
+                  images(val_size), labels(val_size), 10)
+
+
+class PILImages(Dataset):
+    """How torchvision's MNIST/CIFAR10 serve a sample: a PIL image through a transform."""
+
+    def __init__(self, images, labels):
+        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # (N, H, W) or (N, H, W, 3)
+        self.labels = labels.tolist()
+        self.transform = ToTensor()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_dataloader(child, splits, steps, update_freq, batch_size, device, workers):
+    torch.manual_seed(0)
+    model = build_model(child, *SHAPES[child][:1], SHAPES[child][1:]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = DataLoader(PILImages(splits.train_x, splits.train_y), batch_size, shuffle=True, drop_last=True,
+                       num_workers=workers, persistent_workers=workers > 0)
+    val = DataLoader(PILImages(splits.val_x, splits.val_y), batch_size, num_workers=workers,
+                     persistent_workers=workers > 0)
+
+    def run(num_steps):
+        done = 0
+        while done < num_steps:
+            for x, y in train:
+                model.train()
+                loss = F.cross_entropy(model(x.to(device)), y.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                loss.item()
+                done += 1
+                if done % update_freq == 0:
+                    model.eval()
+                    with torch.no_grad():
+                        sum(F.cross_entropy(model(vx.to(device)), vy.to(device), reduction="sum").item()
+                            for vx, vy in val)
+                if done == num_steps:
+                    return
+
+    run(update_freq)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    run(steps)
+    sync(device)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def time_env(child, splits, steps, update_freq, batch_size, device, num_envs):
+    config = EnvConfig(child, batch_size, update_freq, steps + 3 * update_freq, 1e-3, False, 1.05, False)
+    envs = VecALRSEnv(config, splits.to(device), list(range(num_envs)), device)
+    envs.reset()
+    envs.step(np.ones((num_envs, 1)))  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps // update_freq):
+        envs.step(np.ones((num_envs, 1)))
+    sync(device)
+    return (time.perf_counter() - start) / steps / num_envs * 1000
+
+
+def time_train_only(child, splits, steps, batch_size, device):
+    torch.manual_seed(0)
+    model = build_model(child, *SHAPES[child][:1], SHAPES[child][1:]).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x_all, y_all = splits.train_x.to(device), splits.train_y.to(device)
+    batches = torch.randint(0, len(y_all), (steps + 1, batch_size), device=device)
+
+    def step(indices):
+        loss = F.cross_entropy(model(x_all[indices].float().div_(255)), y_all[indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(batches[-1])  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for indices in batches[:-1]:
+        step(indices)
+    sync(device)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--children", default="mlp,cnn,resnet", help="comma-separated: mlp, cnn, resnet")
+    parser.add_argument("--steps", type=int, default=100, help="child steps timed per loop (a multiple of 10)")
+    parser.add_argument("--num-envs", type=int, default=8, help="environments of the vectorized run")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--val-size", type=int, default=10000)
+    parser.add_argument("--train-size", type=int, default=50000)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args()
+    children = args.children.split(",")
+    if bad := [c for c in children if c not in SHAPES]:
+        parser.error(f"argument --children: unknown {', '.join(bad)} (choose from {', '.join(SHAPES)})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda is not available on this machine")
+    if args.steps <= 0 or args.steps % 10:
+        parser.error("argument --steps: must be a positive multiple of 10")
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}, torch {torch.__version__}, batch {args.batch_size}, validation {args.val_size} "
+          f"every 10 steps, {args.steps} steps per loop")
+    results = {"device": name, "torch": torch.__version__, "args": vars(args), "children": {}}
+    header = f"{'child':<8}{'dataloader':>12}{'env':>10}{f'vec env x{args.num_envs}':>14}{'train only':>12}" \
+             f"{'env speed-up':>14}{'vec speed-up':>14}"
+    rows = []
+    for child in children:
+        splits = synthetic_splits(child, args.train_size, args.val_size)
+        ms = {"dataloader": time_dataloader(child, splits, args.steps, 10, args.batch_size, device, args.workers),
+              "env": time_env(child, splits, args.steps, 10, args.batch_size, device, 1),
+              "vec_env": time_env(child, splits, args.steps, 10, args.batch_size, device, args.num_envs),
+              "train_only": time_train_only(child, splits, args.steps, args.batch_size, device)}
+        speedup = {"env": ms["dataloader"] / ms["env"], "vec_env": ms["dataloader"] / ms["vec_env"]}
+        results["children"][child] = {"ms_per_child_step": ms, "speedup_over_dataloader": speedup}
+        rows.append(f"{child:<8}{ms['dataloader']:>12.2f}{ms['env']:>10.2f}{ms['vec_env']:>14.2f}"
+                    f"{ms['train_only']:>12.2f}{speedup['env']:>13.1f}x{speedup['vec_env']:>13.1f}x")
+        print(rows[-1] if len(rows) > 1 else f"milliseconds per child step\n{header}\n{rows[-1]}", flush=True)
+    if args.json:
+        atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
