@@ -198,7 +198,7 @@ def ppo_loss(agent, minibatch, config):
     dist = agent.distribution(minibatch["obs"])
     log_prob, entropy = agent.log_prob_entropy(dist, minibatch["actions"])
     advantages = minibatch["advantages"]
-    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)  # numpy std, as PPO2
     log_ratio = log_prob - minibatch["log_probs"]
     ratio = log_ratio.exp()
     clip = config.clip_range
