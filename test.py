@@ -93,40 +93,47 @@ def main():
 
     runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]
     results = {name: {m: [] for m in METRICS} | {"curves": []} for name in methods}
-    for run in tqdm(runs, unit="run", desc="test", dynamic_ncols=True):
-        envs = VecALRSEnv(config, splits, [run["seed"]] * 3, device, autoreset=False)
-        initial = [args.initial_lr, step_decay["initial_lr"], constant["initial_lr"]]
-        curves = run_episode(envs, next_lr, [run["seed"]] * 3, initial)
-        for i, name in enumerate(methods):
-            val = curves["val_loss"][i]
-            record = results[name]
-            record["final_val_loss"].append(val[-1])
-            record["best_val_loss"].append(np.nanmin(val) if np.isfinite(val).any() else np.nan)
-            record["test_loss"].append(curves["test_loss"][i])
-            record["test_accuracy"].append(curves["test_accuracy"][i])
-            record["curves"].append({k: curves[k][i] for k in ("train_loss", "val_loss", "lr")})
+    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else ""))
+    try:
+        for run in tqdm(runs, unit="run", desc="test", dynamic_ncols=True):
+            envs = VecALRSEnv(config, splits, [run["seed"]] * 3, device, autoreset=False)
+            initial = [args.initial_lr, step_decay["initial_lr"], constant["initial_lr"]]
+            curves = run_episode(envs, next_lr, [run["seed"]] * 3, initial)
+            for i, name in enumerate(methods):
+                val = curves["val_loss"][i]
+                record = results[name]
+                record["final_val_loss"].append(val[-1])
+                record["best_val_loss"].append(np.nanmin(val) if np.isfinite(val).any() else np.nan)
+                record["test_loss"].append(curves["test_loss"][i])
+                record["test_accuracy"].append(curves["test_accuracy"][i])
+                record["curves"].append({k: curves[k][i] for k in ("train_loss", "val_loss", "lr")})
+    except KeyboardInterrupt:
+        if results["learned"]["curves"]:  # report the runs that finished, then stop
+            report(args, results, runs, curves["step"], out, trained_on, tested_on, transfer)
+        raise
+    report(args, results, runs, curves["step"], out, trained_on, tested_on, transfer)
 
+
+def report(args, results, runs, step, out, trained_on, tested_on, transfer):
+    """Print the mean +- std table of the finished runs; write results.json and schedules.png."""
+    finished = len(results["learned"]["curves"])
     summary = {name: {m: summarize(r[m]) for m in METRICS} for name, r in results.items()}
-    width = max(map(len, methods)) + 2
-    print(f"\n{args.test_runs} runs, mean +- std" + (f"  (TRANSFER: trained on {trained_on})" if transfer else ""))
+    width = max(map(len, results)) + 2
+    print(f"\n{finished} runs, mean +- std" + (f"  (TRANSFER: trained on {trained_on})" if transfer else ""))
     print(f"{'method':<{width}}" + "".join(f"{m:>22}" for m in METRICS))
     for name, stats in summary.items():
         cells = "".join(f"{'diverged':>22}" if s["mean"] is None else f"{s['mean']:>13.4f} +- {s['std']:.4f}"
                         for s in stats.values())
         print(f"{name:<{width}}{cells}")
-
-    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else ""))
-    step = curves["step"].tolist()
     save_json(out / "results.json", {
         "test_id": args.test_id, "checkpoint": args.test_schedule, "trained_on": trained_on, "tested_on": tested_on,
-        "transfer": transfer, "seeds": [r["seed"] for r in runs], "summary": summary,
+        "transfer": transfer, "seeds": [r["seed"] for r in runs[:finished]], "summary": summary,
         "runs": {name: {m: [None if not math.isfinite(v) else float(v) for v in r[m]] for m in METRICS}
                  for name, r in results.items()}, "args": vars(args)})
-    plot_schedules({name: {"step": step, **{k: np.stack([c[k] for c in r["curves"]]) for k in ("train_loss", "val_loss", "lr")}}
-                    for name, r in results.items()}, out / "schedules.png",
-                   f"{args.test_id} on {tested_on}" + (" (transfer)" if transfer else ""))
+    curves = {name: {"step": step, **{k: np.stack([c[k] for c in r["curves"]]) for k in ("train_loss", "val_loss", "lr")}}
+              for name, r in results.items()}
+    plot_schedules(curves, out / "schedules.png", f"{args.test_id} on {tested_on}" + (" (transfer)" if transfer else ""))
     print(f"saved {out / 'results.json'} and {out / 'schedules.png'}")
-
 
 if __name__ == "__main__":
     run_cli(main)
