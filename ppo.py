@@ -121,7 +121,7 @@ class VecNormalizer:
         if self.training:
             self.returns = self.returns * self.gamma + reward
             self.ret_rms.update(self.returns)
-            self.returns[done] = 0
+            self.returns[np.asarray(done, dtype=bool)] = 0
         scaled = reward / np.sqrt(self.ret_rms.var + NORM_EPSILON)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 

@@ -229,7 +229,7 @@ def load_cifar10(data_dir):
     try:
         train = [_read_cifar_batch(folder / n) for n in names[:-1]]
         test = _read_cifar_batch(folder / names[-1])
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
         raise UserError(f"{folder} holds a file that is not a CIFAR-10 batch: {error}") from error
     return (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])), test, 10
 
@@ -242,6 +242,12 @@ def _read_image_folder(root, mode):
     return torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), folder.classes
 
 
+def _image_mode(path):
+    from PIL import Image
+    with Image.open(path) as image:
+        return image.mode
+
+
 def _open_image(path, mode):
     from PIL import Image
     with Image.open(path) as image:
@@ -250,13 +256,12 @@ def _open_image(path, mode):
 
 def load_image_folder(path):
     """train/<class>/* and test/<class>/* images; grayscale if every training image is, else RGB."""
-    from PIL import Image
     root = Path(path)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise UserError(f"{root} must hold train/<class>/* and test/<class>/* image folders")
     try:
         probe = ImageFolder(root / "train")
-        grayscale = all(Image.open(p).mode in ("1", "L", "I;16", "I") for p, _ in probe.samples[:100])
+        grayscale = all(_image_mode(p) in ("1", "L", "I;16", "I") for p, _ in probe.samples[:100])
         mode = "L" if grayscale else "RGB"
         train_x, train_y, classes = _read_image_folder(root / "train", mode)
         test_x, test_y, test_classes = _read_image_folder(root / "test", mode)
@@ -295,12 +300,16 @@ def atomic_write(path, write):
     """Write a file through ``write(file_object)`` into a temporary file, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def save_json(path, obj):
@@ -321,16 +330,17 @@ def append_jsonl(path, record):
 
 
 def read_jsonl(path):
-    """Records of a JSONL file, skipping a last line cut short by a crash."""
+    """Records of a JSONL file; a last line cut short by a crash is skipped, any other bad line is an error."""
     if not Path(path).exists():
         return []
+    lines = Path(path).read_text().splitlines()
     records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path}, line {number}, is not JSON; repair or remove that line") from None
     return records
 
 

@@ -140,9 +140,6 @@ def test_cifar_batch_without_data_key_is_a_user_error(tmp_path):
         load_splits("cifar10", tmp_path, val_size=10)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="utils._read_cifar_batch indexes the unpickled object as a dict; a pickle of a "
-                          "list or number raises TypeError, which load_cifar10 does not turn into UserError")
 def test_cifar_batch_that_is_not_a_dict_is_a_user_error(tmp_path):
     write_cifar(tmp_path, per_batch=10, num_test=10)
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
@@ -289,6 +286,7 @@ def test_atomic_write_replaces_and_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         utils.atomic_write(path, crash)
     assert utils.load_json(path) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
 
 
 def test_read_jsonl_skips_a_last_line_cut_short(tmp_path):
@@ -301,3 +299,10 @@ def test_read_jsonl_skips_a_last_line_cut_short(tmp_path):
     with open(path, "a") as f:
         f.write('{"update": 3, "lo')
     assert utils.read_jsonl(path) == records
+
+
+def test_read_jsonl_refuses_a_damaged_middle_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"update": 0}\n{"upd\n{"update": 2}\n')
+    with pytest.raises(UserError, match="line 2"):
+        utils.read_jsonl(path)
