@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import ToTensor
 
-from environment import EnvConfig, VecALRSEnv
+from environment import EnvConfig, VecALRSEnv, to_float
 from models import build_model
 from utils import Splits, atomic_write
 
@@ -115,7 +115,7 @@ def time_train_only(child, splits, steps, batch_size, device):
     batches = torch.randint(0, len(y_all), (steps + 1, batch_size), device=device)
 
     def step(indices):
-        loss = F.cross_entropy(model(x_all[indices].float().div_(255)), y_all[indices])
+        loss = F.cross_entropy(model(to_float(x_all[indices])), y_all[indices])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

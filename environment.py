@@ -19,7 +19,7 @@ from models import build_model, has_buffers, output_layer_name
 LR_MIN, LR_MAX = 1e-5, 1e-1
 RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
 ACTION_NOISE_STD = 1e-5
-EVAL_CHUNK = 2500  # samples per forward pass in validation and test passes
+EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
 OBS_DIM = 7
 
 
@@ -88,6 +88,11 @@ def apply_action(lr, action, discrete, action_range):
 
 
 # ----------------------------------------------------------------------------- children
+
+def to_float(images):
+    """uint8 images to floats in [0, 1] (ToTensor's scaling), done per batch on the device."""
+    return images.float().div_(255)
+
 
 class BatchedAdam:
     """Adam over stacked parameters (E, ...) with one learning rate and step count per child.
@@ -167,8 +172,8 @@ class VmapChildren:
         return losses.detach()
 
     @torch.no_grad()
-    def logits(self, x):
-        return torch.cat([self._logits(self.params, chunk) for chunk in x.split(EVAL_CHUNK)], dim=1)
+    def logits(self, images):
+        return torch.cat([self._logits(self.params, to_float(chunk)) for chunk in images.split(EVAL_CHUNK)], dim=1)
 
     def output_weights(self):
         return self.params[self.weight_key]
@@ -208,11 +213,11 @@ class ModuleChildren:
         return losses
 
     @torch.no_grad()
-    def logits(self, x):
+    def logits(self, images):
         outputs = []
         for model in self.models:
             model.eval()
-            outputs.append(torch.cat([model(chunk) for chunk in x.split(EVAL_CHUNK)]))
+            outputs.append(torch.cat([model(to_float(chunk)) for chunk in images.split(EVAL_CHUNK)]))
         return torch.stack(outputs)
 
     def output_weights(self):
@@ -409,12 +414,11 @@ class VecALRSEnv:
         x_all, y_all = self.splits.train_x, self.splits.train_y
         total = torch.zeros(self.num_envs, device=self.device)
         for indices in steps:
-            x = x_all[indices].float().div_(255)
-            total += self.children.train_step(x, y_all[indices], self.lr, active)
+            total += self.children.train_step(to_float(x_all[indices]), y_all[indices], self.lr, active)
         self.train_loss = total / self.config.update_freq
 
     def _evaluate(self, x, y):
-        logits = self.children.logits(x.float().div(255))
+        logits = self.children.logits(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.num_envs), reduction="none")
         return loss.view(self.num_envs, -1).mean(1), logits
 
