@@ -243,3 +243,17 @@ def test_baselines_resume_skips_finished_runs(mnist_dir, tmp_path):
     reference = {r["name"]: r["final_val_loss"] for r in jsonl(next(fresh.glob("baselines/*/results.jsonl")))}
     resumed = {r["name"]: r["final_val_loss"] for r in jsonl(results())}
     assert resumed == pytest.approx(reference, rel=1e-5)
+
+
+def test_bench_writes_milliseconds_and_speedups_per_child(tmp_path):
+    out = tmp_path / "bench.json"
+    run("bench.py", "--device", "cpu", "--children", "mlp,cnn", "--steps", "10", "--num-envs", "2",
+        "--batch-size", "8", "--train-size", "64", "--val-size", "32", "--json", out)
+    figures = json.loads(out.read_text())
+    assert set(figures["children"]) == {"mlp", "cnn"}
+    for child in figures["children"].values():
+        ms = child["ms_per_child_step"]
+        assert set(ms) == {"dataloader", "env", "vec_env", "train_only"} and min(ms.values()) > 0
+        assert child["speedup_over_dataloader"]["env"] == pytest.approx(ms["dataloader"] / ms["env"])
+    bad = run("bench.py", "--children", "vgg", check=False)
+    assert bad.returncode == 2 and "unknown vgg" in bad.stderr
