@@ -18,7 +18,7 @@ from tqdm import tqdm
 from environment import OBS_DIM, EnvConfig, VecALRSEnv
 from ppo import (DEFAULT_CLIP, ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, ppo_update)
-from utils import (UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
+from utils import (append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
                    parse_args, plot_training, read_jsonl, resolve_device, run_cli, save_checkpoint,
                    save_json, atomic_write)
 
@@ -77,14 +77,12 @@ def collect_rollout(envs, agent, normalizer, buffer, obs, done, on_step=None):
 
 def main():
     args = parse_args()
-    if args.resume:
-        args, run_dir = resumed_args(args)
-    else:
-        run_dir = new_run_dir(args)
-    print(f"experiment id: {run_dir.name}  ({run_dir})")
+    args, run_dir = resumed_args(args) if args.resume else (args, None)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
+    run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
+    print(f"experiment id: {run_dir.name}  ({run_dir})")
 
     num_envs, num_steps = args.num_envs, args.ppo2_update_freq
     seeds = [args.seed * TRAIN_SEED_OFFSET + i for i in range(num_envs)]
@@ -99,9 +97,6 @@ def main():
     action_shape = () if args.discrete else (1,)
     buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, action_shape)
     num_updates = args.ppo2_total_timesteps // (num_envs * num_steps)
-    if num_updates == 0:
-        raise UserError(f"--ppo2-total-timesteps {args.ppo2_total_timesteps} is less than one rollout "
-                        f"(--num-envs x --ppo2-update-freq = {num_envs * num_steps})")
     periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
     checkpoints = run_dir / "checkpoints"
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"

@@ -103,6 +103,9 @@ def parse_args(argv=None):
         parser.error("learning rates must be positive (--initial-lr may be 0: drawn per episode)")
     if not 0 <= args.ppo2_gamma <= 1:
         parser.error(f"argument --ppo2-gamma: must be in [0, 1], got {args.ppo2_gamma}")
+    if args.ppo2_total_timesteps < args.num_envs * args.ppo2_update_freq:
+        parser.error(f"argument --ppo2-total-timesteps: less than one rollout "
+                     f"(--num-envs x --ppo2-update-freq = {args.num_envs * args.ppo2_update_freq})")
     if (args.num_envs * args.ppo2_update_freq) % args.ppo2_nminibatches:
         parser.error(f"argument --ppo2-nminibatches: must divide --num-envs x --ppo2-update-freq "
                      f"({args.num_envs * args.ppo2_update_freq})")

@@ -124,6 +124,7 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     (["--resume", "a/b"], "is not a plain name"),
     (["--discrete", "2"], "invalid choice: 2"),
     (["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
+    (["--ppo2-total-timesteps", "100"], "--ppo2-total-timesteps: less than one rollout"),
 ])
 def test_bad_flags_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -151,6 +152,7 @@ def assert_one_line_error(result, *fragments):
 def test_missing_data_names_the_files_and_folder(tmp_path):
     result = run("train.py", "--data-dir", tmp_path, "--runs-dir", tmp_path / "runs", check=False)
     assert_one_line_error(result, "train-images-idx3-ubyte", str(tmp_path / "FashionMNIST" / "raw"))
+    assert not (tmp_path / "runs").exists()  # no empty experiment left behind
 
 
 def test_unknown_test_id_lists_the_experiments(trained):
