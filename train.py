@@ -18,7 +18,7 @@ from tqdm import tqdm
 from environment import OBS_DIM, EnvConfig, VecALRSEnv
 from ppo import (DEFAULT_CLIP, ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, ppo_update)
-from utils import (append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
+from utils import (UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
                    parse_args, plot_training, read_jsonl, resolve_device, run_cli, save_checkpoint,
                    save_json, atomic_write)
 
@@ -102,7 +102,9 @@ def main():
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
 
     if args.resume and (checkpoints / "latest.pt").exists():
-        state = load_checkpoint(checkpoints / "latest.pt", required=("format", "env", "update"))
+        state = load_checkpoint(checkpoints / "latest.pt", required=("format", "env", "update", "device"))
+        if state["device"] != device.type:  # children are stacked for vmap on a GPU, separate on a CPU
+            raise UserError(f"{run_dir.name} was running on {state['device']}; resume it with --device {state['device']}")
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
         normalizer.load_state_dict(state["normalizer"])
@@ -162,6 +164,7 @@ def main():
                 **controller, "optimizer": optimizer.state_dict(), "env": envs.state_dict(),
                 "torch_rng": torch.get_rng_state(), "update": update + 1, "episodes": num_episodes,
                 "best_val_loss": best_val, "obs": torch.as_tensor(obs), "done": torch.as_tensor(done),
+                "device": device.type,
                 "timesteps": timesteps})
             if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
                 name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
