@@ -105,6 +105,17 @@ def test_transfer_to_another_dataset_and_child_is_flagged(trained, mnist_dir):
     assert json.loads((runs / run_id / "test" / "mnist_mlp_transfer" / "results.json").read_text())["transfer"]
 
 
+def test_cifar10_resnet_discrete_trains_a_controller(mnist_dir, tmp_path):
+    out = run("train.py", "--dataset", "cifar10", "--architecture", "resnet", "--discrete", "1",
+              "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--ppo2-update-freq", "3",
+              "--ppo2-total-timesteps", "6", "--ppo2-nminibatches", "2").stdout
+    run_dir = tmp_path / experiment_id(out)
+    assert run_dir.name.startswith("cifar10_resnet_discrete_")
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["discrete"] and state["agent"]["actor.4.weight"].shape == (3, 32)
+    assert len(state["env"]["children"]["models"]) == 2  # BatchNorm children train as modules
+
+
 def test_image_folder_dataset_runs_end_to_end(tmp_path):
     folder = write_image_folder(tmp_path / "shapes", size=36, num_classes=3, per_class=(40, 10))
     common = ["--dataset", folder, "--architecture", "mlp", "--runs-dir", tmp_path / "runs", *TINY,
