@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from environment import EnvConfig, VecALRSEnv, run_episode
-from utils import (append_jsonl, dataset_name, load_splits, parse_args, plot_schedules, read_jsonl,
-                   resolve_device, run_cli, save_json)
+from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
+from utils import (append_jsonl, dataset_name, json_floats, load_splits, parse_args, plot_schedules,
+                   read_jsonl, resolve_device, run_cli, save_json)
 
 
 def setting_id(args):
@@ -55,19 +55,11 @@ def run_schedules(runs, config, splits, seed, device):
     envs = VecALRSEnv(config, splits, [seed] * len(runs), device, autoreset=False)
     curves = run_episode(envs, lambda obs, lr, step: np.array([schedule_lr(run, step) for run in runs]),
                          [seed] * len(runs), [run["initial_lr"] for run in runs])
-    results = []
-    for i, run in enumerate(runs):
-        val = curves["val_loss"][i]
-        diverged = bool(curves["diverged"][i])
-        results.append({**run, "diverged": diverged,
-                        "final_val_loss": None if diverged else float(val[-1]),
-                        "best_val_loss": None if diverged else float(np.nanmin(val)),
-                        "test_loss": None if diverged else float(curves["test_loss"][i]),
-                        "test_accuracy": None if diverged else float(curves["test_accuracy"][i]),
-                        "curves": {"step": curves["step"].tolist(),
-                                   **{k: [None if math.isnan(v) else float(v) for v in curves[k][i]]
-                                      for k in ("train_loss", "val_loss", "lr")}}})
-    return results
+    return [{**run, "diverged": bool(curves["diverged"][i]),
+             **dict(zip(METRICS, json_floats([curves[m][i] for m in METRICS]))),
+             "curves": {"step": curves["step"].tolist(),
+                        **{k: json_floats(curves[k][i]) for k in ("train_loss", "val_loss", "lr")}}}
+            for i, run in enumerate(runs)]
 
 
 def best_of(results, kind):

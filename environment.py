@@ -21,6 +21,7 @@ RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
 ACTION_NOISE_STD = 1e-5
 EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
 OBS_DIM = 7
+EPISODE_METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_accuracy")  # what run_episode reports
 
 
 @dataclass(frozen=True)
@@ -449,8 +450,9 @@ def run_episode(envs, next_lr, seeds, initial_lr=None):
 
     ``next_lr(obs, lr, step)`` returns the learning rates of the block that starts at child step
     ``step`` from the observations (E, 7) and the current rates (E,). Returns the curves recorded at each observation, arrays
-    ``step`` (T,) and ``train_loss``, ``val_loss``, ``lr`` (E, T), NaN after a divergence, and
-    ``test_loss``, ``test_accuracy``, ``diverged`` (E,) of the final children.
+    ``step`` (T,) and ``train_loss``, ``val_loss``, ``lr`` (E, T), NaN after a divergence, and per
+    environment (E,) ``diverged`` and the episode's metrics ``final_val_loss``, ``best_val_loss``,
+    ``test_loss``, ``test_accuracy`` of the final children, NaN for a diverged one.
     """
     obs, infos = envs.reset(seed=seeds, options={"initial_lr": initial_lr})
     curves = {key: [] for key in ("train_loss", "val_loss", "lr")}
@@ -467,6 +469,8 @@ def run_episode(envs, next_lr, seeds, initial_lr=None):
         diverged |= terminated
     test_loss, test_accuracy = envs.evaluate_test()
     result = {key: np.stack(values, axis=1) for key, values in curves.items()}
-    result.update(step=np.array(steps), test_loss=np.where(diverged, np.nan, test_loss),
-                  test_accuracy=np.where(diverged, np.nan, test_accuracy), diverged=diverged)
+    val = np.where(diverged[:, None], np.inf, result["val_loss"])
+    metrics = dict(zip(EPISODE_METRICS, (val[:, -1], val.min(1), test_loss, test_accuracy)))
+    result.update({key: np.where(diverged, np.nan, value) for key, value in metrics.items()})
+    result.update(step=np.array(steps), diverged=diverged)
     return result

@@ -3,7 +3,6 @@
 Every model maps uint8-derived float images (N, C, H, W) in [0, 1] to class logits and
 ends in an ``nn.Linear`` whose weight matrix the controller observes (see ``output_layer``).
 """
-import torch
 from torch import nn
 from torchvision.models import resnet18
 

@@ -7,20 +7,18 @@ learning rate (from baselines.py on this dataset and child) train children from 
 initialization on the same batches. Prints a mean +- std table and writes results.json and
 schedules.png under runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]/.
 """
-import math
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from baselines import baseline_dir, schedule_lr
-from environment import EnvConfig, VecALRSEnv, apply_action, run_episode
+from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, apply_action, run_episode
 from ppo import CHECKPOINT_FORMAT, load_controller
-from utils import (UserError, dataset_name, find_run, load_checkpoint, load_json, load_splits, parse_args,
-                   plot_schedules, resolve_device, run_cli, save_json)
+from utils import (UserError, dataset_name, find_run, json_floats, load_checkpoint, load_json, load_splits,
+                   parse_args, plot_schedules, resolve_device, run_cli, save_json)
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
-METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_accuracy")
 
 
 def checkpoint_path(run_dir, name):
@@ -100,13 +98,9 @@ def main():
             initial = [args.initial_lr, step_decay["initial_lr"], constant["initial_lr"]]
             curves = run_episode(envs, next_lr, [run["seed"]] * 3, initial)
             for i, name in enumerate(methods):
-                val = curves["val_loss"][i]
-                record = results[name]
-                record["final_val_loss"].append(val[-1])
-                record["best_val_loss"].append(np.nanmin(val) if np.isfinite(val).any() else np.nan)
-                record["test_loss"].append(curves["test_loss"][i])
-                record["test_accuracy"].append(curves["test_accuracy"][i])
-                record["curves"].append({k: curves[k][i] for k in ("train_loss", "val_loss", "lr")})
+                for metric in METRICS:
+                    results[name][metric].append(curves[metric][i])
+                results[name]["curves"].append({k: curves[k][i] for k in ("train_loss", "val_loss", "lr")})
     except KeyboardInterrupt:
         if results["learned"]["curves"]:  # report the runs that finished, then stop
             report(args, results, runs, curves["step"], out, trained_on, tested_on, transfer)
@@ -128,7 +122,7 @@ def report(args, results, runs, step, out, trained_on, tested_on, transfer):
     save_json(out / "results.json", {
         "test_id": args.test_id, "checkpoint": args.test_schedule, "trained_on": trained_on, "tested_on": tested_on,
         "transfer": transfer, "seeds": [r["seed"] for r in runs[:finished]], "summary": summary,
-        "runs": {name: {m: [None if not math.isfinite(v) else float(v) for v in r[m]] for m in METRICS}
+        "runs": {name: {m: json_floats(r[m]) for m in METRICS}
                  for name, r in results.items()}, "args": vars(args)})
     curves = {name: {"step": step, **{k: np.stack([c[k] for c in r["curves"]]) for k in ("train_loss", "val_loss", "lr")}}
               for name, r in results.items()}

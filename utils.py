@@ -3,6 +3,7 @@ import argparse
 import gzip
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -317,6 +318,11 @@ def atomic_write(path, write):
 
 def save_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def json_floats(values):
+    """Floats for a JSON file: NaN and infinities (which JSON lacks) become null."""
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def load_json(path):

@@ -1,6 +1,5 @@
 """The three scripts end to end through their real command lines, their errors, and resuming."""
 import json
-import os
 import re
 import signal
 import subprocess
