@@ -69,9 +69,10 @@ def collect_rollout(envs, agent, normalizer, buffer, obs, done, on_step=None):
         finished = terminated | truncated
         buffer.add(obs, action, log_prob, value, normalizer.reward(reward, finished), done)
         obs, done = normalizer.observation(raw_obs), finished
-        ended += [(step, int(i), infos[i]) for i in np.flatnonzero(finished)]
+        ended_now = [(step, int(i), infos[i]) for i in np.flatnonzero(finished)]
+        ended += ended_now
         if on_step:
-            on_step([infos[i] for i in np.flatnonzero(finished)])
+            on_step([info for _, _, info in ended_now])
     return obs, done, ended
 
 
