@@ -80,11 +80,11 @@ def observation_features(train_loss, val_loss, val_logits, prev_val_logits, outp
 def apply_action(lr, action, discrete, action_range):
     """New learning rate(s) after an action: discrete 0 multiplies, 1 divides, 2 keeps; continuous
     actions are a factor clipped to [1/action_range, action_range]."""
-    action = np.asarray(action)
+    action = np.asarray(action).reshape(np.shape(lr))  # one action per learning rate, (E,) or (E, 1)
     if discrete:
         factor = np.choose(action.astype(int), [action_range, 1 / action_range, 1.0])
     else:
-        factor = np.clip(action.reshape(np.shape(lr)), 1 / action_range, action_range)
+        factor = np.clip(action, 1 / action_range, action_range)
     return np.clip(lr * factor, LR_MIN, LR_MAX)
 
 
@@ -407,6 +407,9 @@ class VecALRSEnv:
             self.lr_range[i] = self.lr[i]
         self._train_block(mask)
         self._observe(mask, first=True)
+        # A child that diverges within its first block cannot end an episode that has not started:
+        # its observation is zeroed here, and its next step ends the episode as diverged.
+        self.obs[mask] = np.where(np.isfinite(self.obs[mask]), self.obs[mask], 0.0)
         self.step_count[mask] = self.config.update_freq
 
     def _train_block(self, active):

@@ -455,3 +455,22 @@ def test_run_episode_marks_a_diverged_child(splits):
     assert np.isfinite(result["val_loss"][1]).all() and len(result["step"]) == BLOCKS
     assert np.isnan(result["test_loss"][0]) and np.isnan(result["test_accuracy"][0])
     assert np.isfinite(result["test_loss"][1]) and 0 <= result["test_accuracy"][1] <= 1
+
+
+def test_child_diverging_in_its_first_block_gives_a_finite_reset_and_then_ends(splits, monkeypatch):
+    env = make_env(splits, seeds=(0, 1), lr_noise=False)
+    train_step = env.children.train_step
+
+    def poison_child_0(x, y, lrs, active):
+        with torch.no_grad():
+            for p in env.children.models[0].parameters():
+                p.fill_(float("nan"))
+        return train_step(x, y, lrs, active)
+
+    monkeypatch.setattr(env.children, "train_step", poison_child_0)
+    obs, _ = env.reset()
+    assert np.isfinite(obs).all() and (obs[0, :6] == 0).all() and obs[0, 6] == pytest.approx(env.lr[0])
+    assert (obs[1, :6] != 0).all()
+    obs, reward, terminated, _, infos = env.step(np.ones((2, 1)))
+    assert terminated.tolist() == [True, False] and infos[0]["diverged"]
+    assert np.isfinite(obs).all() and np.isfinite(reward).all()
