@@ -1,7 +1,7 @@
 """The learning-rate environment: every step trains a child network for ``update_freq`` steps.
 
 ``VecALRSEnv`` steps ``num_envs`` environments together (Gymnasium vector-env style, same-step
-auto-reset); ``ALRSEnv`` is the single-environment view of it. Children are trained either all at
+auto-reset); a single environment is the case ``num_envs=1``. Children are trained either all at
 once with torch.func.vmap over stacked parameters (MLP, LeNet-5) or one nn.Module each (ResNet-18,
 whose BatchNorm statistics cannot live under vmap). Both give the same numbers for the same seeds.
 """
@@ -22,6 +22,8 @@ ACTION_NOISE_STD = 1e-5
 EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
 OBS_DIM = 7
 EPISODE_METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_accuracy")  # what run_episode reports
+ACTION_PARAMS = ("clip", "log")  # how a continuous action becomes a factor (see apply_action)
+REWARDS = ("val-loss", "log-improvement")  # what a step pays (see VecALRSEnv.step_lr)
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,20 @@ class EnvConfig:
     discrete: bool = False
     action_range: float = 1.05
     lr_noise: bool = True  # controller training only; off in tests of a schedule and in baselines
+    action_param: str = "clip"  # the reference's clip(a, 1/range, range); "log" is a departure
+    reward: str = "val-loss"  # the reference's -L(t); "log-improvement" is a departure
 
     @classmethod
     def from_args(cls, args, lr_noise):
-        return cls(args.architecture, args.batch_size, args.update_freq, args.num_train_steps,
-                   args.initial_lr, bool(args.discrete), args.action_range, lr_noise)
+        return cls(architecture=args.architecture, batch_size=args.batch_size, update_freq=args.update_freq,
+                   num_train_steps=args.num_train_steps, initial_lr=args.initial_lr,
+                   discrete=bool(args.discrete), action_range=args.action_range, lr_noise=lr_noise,
+                   action_param=args.action_param, reward=args.reward)
+
+    @property
+    def num_actions(self):
+        """Actions per episode: one before each block of ``update_freq`` child steps."""
+        return self.num_train_steps // self.update_freq
 
 
 # ----------------------------------------------------------------------------- observation
@@ -77,15 +88,26 @@ def observation_features(train_loss, val_loss, val_logits, prev_val_logits, outp
     ], dim=1)
 
 
-def apply_action(lr, action, discrete, action_range):
-    """New learning rate(s) after an action: discrete 0 multiplies, 1 divides, 2 keeps; continuous
-    actions are a factor clipped to [1/action_range, action_range]."""
+def apply_action(lr, action, discrete, action_range, action_param="clip"):
+    """New learning rate(s) after an action: discrete 0 multiplies, 1 divides, 2 keeps.
+
+    A continuous action ``a`` is, with ``action_param="clip"`` (the reference), the factor itself
+    clipped to [1/range, range]: a policy at its initial mean 0 always divides. With ``"log"``
+    the factor is range ** clip(a, -1, 1): a = 0 keeps the rate, and the factor is symmetric in a.
+    """
     action = np.asarray(action).reshape(np.shape(lr))  # one action per learning rate, (E,) or (E, 1)
     if discrete:
         factor = np.choose(action.astype(int), [action_range, 1 / action_range, 1.0])
+    elif action_param == "log":
+        factor = action_range ** np.clip(action, -1.0, 1.0)
     else:
         factor = np.clip(action, 1 / action_range, action_range)
     return np.clip(lr * factor, LR_MIN, LR_MAX)
+
+
+def action_bounds(action_param, action_range):
+    """The interval outside which a continuous action is clipped, (low, high)."""
+    return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
 
 
 # ----------------------------------------------------------------------------- children
@@ -277,9 +299,10 @@ class BatchSampler:
 class VecALRSEnv:
     """``num_envs`` learning-rate environments stepped together.
 
-    Each environment trains a fresh child for ``num_train_steps`` steps per episode; ``reset`` runs
-    the first ``update_freq`` steps at the initial learning rate, each ``step`` applies an action and
-    runs ``update_freq`` more. With ``autoreset`` a finished environment starts its next episode in
+    Each environment trains a fresh child for ``num_train_steps`` steps per episode. ``reset``
+    observes the fresh child (it trains nothing), and each ``step`` applies an action and trains
+    ``update_freq`` steps, so an episode is ``num_train_steps / update_freq`` actions (100 by
+    default, as in the reference) and every child step runs at a rate the controller chose. With ``autoreset`` a finished environment starts its next episode in
     the same call and its last observation is in ``info["final_observation"]``; without it, a
     finished environment stops training and its later outputs repeat its final ones.
     """
@@ -288,7 +311,8 @@ class VecALRSEnv:
         self.config, self.splits, self.device, self.autoreset = config, splits, torch.device(device), autoreset
         self.num_envs = len(seeds)
         self.observation_space = Box(-np.inf, np.inf, (OBS_DIM,))
-        self.action_space = Discrete(3) if config.discrete else Box(1 / config.action_range, config.action_range, (1,))
+        self.action_space = (Discrete(3) if config.discrete
+                             else Box(*action_bounds(config.action_param, config.action_range), (1,)))
         self.children = make_children(config.architecture, splits, self.num_envs, self.device, backend)
         self.chance_loss = math.log(splits.num_classes)
         self._seed(seeds)
@@ -299,6 +323,8 @@ class VecALRSEnv:
         self.prev_logits = torch.zeros(self.num_envs, len(splits.val_y), splits.num_classes, device=self.device)
         self.episode_return = np.zeros(self.num_envs)
         self.lr_range = np.zeros((self.num_envs, 2))
+        self.initial_lr = np.zeros(self.num_envs)
+        self.log_lr_sum = np.zeros(self.num_envs)  # over the blocks trained so far: their geometric mean
 
     def _seed(self, seeds):
         """Two generators per environment: one for child init, initial lr and noise; one for batches."""
@@ -320,7 +346,7 @@ class VecALRSEnv:
 
     def step(self, actions):
         """Apply one action per environment, train ``update_freq`` steps; Gymnasium's 5-tuple of arrays."""
-        lr = apply_action(self.lr, actions, self.config.discrete, self.config.action_range)
+        lr = apply_action(self.lr, actions, self.config.discrete, self.config.action_range, self.config.action_param)
         if self.config.lr_noise:
             lr = lr + ACTION_NOISE_STD * np.array([torch.randn(1, generator=g).item() for g in self.env_generators])
         return self.step_lr(lr)
@@ -330,16 +356,14 @@ class VecALRSEnv:
         active = ~self.finished
         self.lr = np.where(active, np.clip(lr, LR_MIN, LR_MAX), self.lr)
         previous_obs = self.obs.copy()
-        self._train_block(active)
-        self._observe(active)
+        self._observe(active, self._train_block(active))
         self.step_count[active] += self.config.update_freq
+        self.log_lr_sum[active] += np.log(self.lr[active])
         diverged = active & ~np.isfinite(self.obs).all(1)
-        reward = np.where(active, -self.obs[:, 1], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reward = np.where(active, self._reward(previous_obs[:, 1], self.obs[:, 1]), 0.0)
         if diverged.any():
-            # The episode ends; the rest of it counts as at least chance-level loss per block.
-            remaining = (self.config.num_train_steps - self.step_count) // self.config.update_freq + 1
-            worst = np.maximum(self.chance_loss, np.nan_to_num(previous_obs[:, 1], nan=0, posinf=0))
-            reward = np.where(diverged, -worst * remaining, reward)
+            reward = np.where(diverged, self._divergence_penalty(previous_obs[:, 1]), reward)
             self.obs[diverged] = previous_obs[diverged]
         truncated = active & ~diverged & (self.step_count >= self.config.num_train_steps)
         terminated = diverged
@@ -356,6 +380,22 @@ class VecALRSEnv:
                 self.finished |= done
         return self.obs.astype(np.float32), reward, terminated, truncated, infos
 
+    def _reward(self, previous_val_loss, val_loss):
+        """-L(t) (the reference), or log L(t-1) - log L(t), whose sum over an episode is
+        log L(0) - log L(T): the final loss, relative to the fresh child's, on any task's scale."""
+        if self.config.reward == "log-improvement":
+            return np.log(previous_val_loss) - np.log(val_loss)
+        return -val_loss
+
+    def _divergence_penalty(self, previous_val_loss):
+        """Reward of the step where a child diverged: the episode ends, and the rest of it counts as
+        if the validation loss stayed at max(chance level, its last finite value)."""
+        worst = np.maximum(self.chance_loss, previous_val_loss)
+        if self.config.reward == "log-improvement":
+            return np.log(previous_val_loss) - np.log(worst)
+        remaining = (self.config.num_train_steps - self.step_count) // self.config.update_freq + 1
+        return -worst * remaining
+
     @torch.no_grad()
     def evaluate_test(self):
         """Test loss and accuracy of each current child, arrays of shape (num_envs,)."""
@@ -370,13 +410,14 @@ class VecALRSEnv:
                 "step_count": torch.as_tensor(self.step_count), "finished": torch.as_tensor(self.finished),
                 "obs": torch.as_tensor(self.obs), "prev_logits": self.prev_logits,
                 "episode_return": torch.as_tensor(self.episode_return), "lr_range": torch.as_tensor(self.lr_range),
+                "initial_lr": torch.as_tensor(self.initial_lr), "log_lr_sum": torch.as_tensor(self.log_lr_sum),
                 "seeds": self.seeds, "env_generators": [g.get_state() for g in self.env_generators],
                 "data_generators": [g.get_state() for g in self.data_generators], "orders": self.sampler.orders}
 
     def load_state_dict(self, state):
         self._seed(state["seeds"])
         self.children.load_state_dict(state["children"])
-        for name in ("lr", "step_count", "finished", "obs", "episode_return", "lr_range"):
+        for name in ("lr", "step_count", "finished", "obs", "episode_return", "lr_range", "initial_lr", "log_lr_sum"):
             setattr(self, name, state[name].numpy().copy())
         self.prev_logits.copy_(state["prev_logits"])
         for generators, states in ((self.env_generators, state["env_generators"]),
@@ -401,39 +442,41 @@ class VecALRSEnv:
                 lr = RANDOM_INITIAL_LRS[int(torch.randint(len(RANDOM_INITIAL_LRS), (1,), generator=generator))]
             if self.config.lr_noise:
                 lr += lr / 10 * torch.randn(1, generator=generator).item()
-            self.lr[i] = np.clip(lr, LR_MIN, LR_MAX)
+            self.lr[i] = self.initial_lr[i] = np.clip(lr, LR_MIN, LR_MAX)
             self.step_count[i] = 0
             self.episode_return[i] = 0
+            self.log_lr_sum[i] = 0
             self.lr_range[i] = self.lr[i]
-        self._train_block(mask)
-        self._observe(mask, first=True)
-        # A child that diverges within its first block cannot end an episode that has not started:
-        # its observation is zeroed here, and its next step ends the episode as diverged.
-        self.obs[mask] = np.where(np.isfinite(self.obs[mask]), self.obs[mask], 0.0)
-        self.step_count[mask] = self.config.update_freq
+        self._observe(mask)
 
     def _train_block(self, active):
-        """``update_freq`` Adam steps for the active children; stores their mean training loss."""
+        """``update_freq`` Adam steps for the active children; returns their mean training loss (E,)."""
         steps = self.sampler.block(self.config.update_freq, active).to(self.device, non_blocking=True)
         x_all, y_all = self.splits.train_x, self.splits.train_y
         total = torch.zeros(self.num_envs, device=self.device)
         for indices in steps:
             total += self.children.train_step(to_float(x_all[indices]), y_all[indices], self.lr, active)
-        self.train_loss = total / self.config.update_freq
+        return total / self.config.update_freq
 
     def _evaluate(self, x, y):
         logits = self.children.logits(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.num_envs), reduction="none")
         return loss.view(self.num_envs, -1).mean(1), logits
 
-    def _observe(self, active, first=False):
-        """Validation pass and the 7 features of the active environments (one host sync)."""
+    def _observe(self, active, train_loss=None):
+        """Validation pass and the 7 features of the active environments (one host sync).
+
+        ``train_loss=None`` observes fresh children: no block has been trained, so the training-loss
+        feature is their validation loss (a fresh child's expected training loss), and the change of
+        the predictions is the predictions.
+        """
         val_loss, logits = self._evaluate(self.splits.val_x, self.splits.val_y)
         mask = torch.as_tensor(active, device=self.device)
-        if first:  # the change of the predictions at a first observation is the predictions
+        if train_loss is None:
+            train_loss = val_loss
             self.prev_logits[mask] = 0
         lr = torch.as_tensor(self.lr, dtype=torch.float32, device=self.device)
-        features = observation_features(self.train_loss, val_loss, logits, self.prev_logits,
+        features = observation_features(train_loss, val_loss, logits, self.prev_logits,
                                         self.children.output_weights(), lr)
         self.obs[active] = features.double().cpu().numpy()[active]
         self.prev_logits[mask] = logits[mask]
@@ -444,7 +487,9 @@ class VecALRSEnv:
         if final:
             info.update(final_val_loss=float(self.obs[i, 1]) if not diverged else math.inf,
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
-                        lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]))
+                        lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]),
+                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]),
+                        lr_geomean=float(np.exp(self.log_lr_sum[i] * self.config.update_freq / self.step_count[i])))
         return info
 
 

@@ -194,14 +194,17 @@ class PPOConfig:
 
 def ppo_loss(agent, minibatch, config):
     """PPO2's loss on one minibatch: clipped surrogate + vf_coef * clipped value loss - ent_coef *
-    entropy, with advantages normalized within the minibatch. Returns (loss, statistics)."""
+    entropy, with advantages normalized within the minibatch. Returns (loss, statistics).
+
+    A clip range <= 0 means no clipping (as the reference documents it): the plain policy-gradient
+    surrogate and an unclipped value loss."""
     dist = agent.distribution(minibatch["obs"])
     log_prob, entropy = agent.log_prob_entropy(dist, minibatch["actions"])
     advantages = minibatch["advantages"]
     advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)  # numpy std, as PPO2
     log_ratio = log_prob - minibatch["log_probs"]
     ratio = log_ratio.exp()
-    clip = config.clip_range
+    clip = config.clip_range if config.clip_range > 0 else float("inf")
     policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
 
     value = agent.value(minibatch["obs"])
@@ -216,6 +219,20 @@ def ppo_loss(agent, minibatch, config):
                  "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
                  "clip_fraction": ((ratio - 1).abs() > clip).float().mean().item()}
     return loss, stats
+
+
+@torch.no_grad()
+def policy_statistics(agent, obs, actions, action_low=None, action_high=None):
+    """What the policy did in a rollout: for a Gaussian policy the mean (over the rollout's
+    observations) of its mean, its std, and the fractions of sampled actions below ``action_low``,
+    above ``action_high`` and inside (where the environment's clipping does not flatten them);
+    for a categorical one the frequency of each action."""
+    if agent.discrete:
+        counts = torch.bincount(actions.long().flatten(), minlength=agent.actor[-1].out_features)
+        return {f"action_{a}_frequency": (c / counts.sum()).item() for a, c in enumerate(counts)}
+    below, above = (actions < action_low).float().mean().item(), (actions > action_high).float().mean().item()
+    return {"policy_mean": agent.actor(obs).mean().item(), "policy_std": agent.log_std.exp().mean().item(),
+            "action_below": below, "action_above": above, "action_inside": 1 - below - above}
 
 
 def gradient_step(agent, optimizer, loss, max_grad_norm):
@@ -252,15 +269,16 @@ def ppo_update(agent, optimizer, batch, config, generator=None, step=gradient_st
 CHECKPOINT_FORMAT = "alrs-controller-1"
 
 
-def controller_state(agent, normalizer, action_range):
+def controller_state(agent, normalizer, action_range, action_param="clip"):
     """What a learned schedule needs at test time: weights, frozen normalizer, action semantics."""
     return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
-            "agent": agent.state_dict(), "normalizer": normalizer.state_dict(),
+            "action_param": action_param, "agent": agent.state_dict(), "normalizer": normalizer.state_dict(),
             "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
 
 
 def load_controller(state):
-    """(agent, normalizer, action_range) from ``controller_state``; the normalizer is frozen."""
+    """(agent, normalizer, action_range) from ``controller_state``; the normalizer is frozen.
+    The action parametrization is ``state.get("action_param", "clip")``."""
     agent = ActorCritic(discrete=state["discrete"])
     agent.load_state_dict(state["agent"])
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])

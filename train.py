@@ -17,12 +17,14 @@ from tqdm import tqdm
 
 from environment import OBS_DIM, EnvConfig, VecALRSEnv
 from ppo import (DEFAULT_CLIP, ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer,
-                 controller_state, ppo_update)
+                 controller_state, policy_statistics, ppo_update)
 from utils import (UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
                    parse_args, plot_training, read_jsonl, resolve_device, run_cli, save_checkpoint,
                    save_json, atomic_write)
 
 NUM_PERIODIC_CHECKPOINTS = 10
+BEST_WINDOW = 16  # best.pt: the policy with the lowest mean final validation loss over this many episodes
+UNTRAINED_CHECKPOINT = "step-0000000_untrained.pt"  # the initial policy, test.py's control
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
 
 
@@ -90,12 +92,14 @@ def main():
     envs = VecALRSEnv(EnvConfig.from_args(args, lr_noise=True), splits, seeds, device)
     agent = ActorCritic(OBS_DIM, discrete=bool(args.discrete))
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
-    clip = args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP
+    clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
     normalizer = VecNormalizer(OBS_DIM, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
                                args.ppo2_gamma, clip)
+    controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
     config = PPOConfig(clip_range=args.ppo2_cliprange, ent_coef=args.ppo2_ent_coef,
                        num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
     action_shape = () if args.discrete else (1,)
+    action_bounds = () if args.discrete else (envs.action_space.low, envs.action_space.high)
     buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, action_shape)
     num_updates = args.ppo2_total_timesteps // (num_envs * num_steps)
     periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
@@ -112,12 +116,14 @@ def main():
         envs.load_state_dict(state["env"])
         torch.set_rng_state(state["torch_rng"])
         start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
+        recent_finals = state["recent_finals"].tolist()
         obs, done = state["obs"].numpy(), state["done"].numpy()
         print(f"resuming at update {start_update}/{num_updates} ({start_update * num_envs * num_steps} steps)")
     else:
         raw_obs, _ = envs.reset()
         obs, done = normalizer.observation(raw_obs), np.zeros(num_envs, dtype=bool)
-        start_update, num_episodes, best_val = 0, 0, float("inf")
+        start_update, num_episodes, best_val, recent_finals = 0, 0, float("inf"), []
+        save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
     for path in (episodes_path, updates_path):
         keep_records_before(path, start_update)
 
@@ -140,36 +146,39 @@ def main():
                                  "timesteps": (update * num_steps + step + 1) * num_envs,
                                  "return": info["episode_return"], "diverged": info["diverged"],
                                  "final_val_loss": None if info["diverged"] else info["final_val_loss"],
-                                 "lr_min": info["lr_min"], "lr_max": info["lr_max"]})
+                                 **{key: info[key] for key in ("lr_min", "lr_max", "initial_lr", "final_lr",
+                                                               "lr_geomean")}})
 
             timesteps = (update + 1) * num_steps * num_envs
             finals = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
             mean_val = float(np.mean(finals)) if finals else None
-            if mean_val is not None and mean_val < best_val:
-                # the policy that produced these episodes, before this rollout's update changes it
-                best_val = mean_val
-                save_checkpoint(checkpoints / "best.pt", {**controller_state(agent, normalizer, args.action_range),
-                                                          "timesteps": timesteps, "val_loss": best_val})
+            recent_finals = (recent_finals + finals)[-BEST_WINDOW:]
+            if len(recent_finals) == BEST_WINDOW and np.mean(recent_finals) < best_val:
+                # the policy that produced the latest episodes, before this rollout's update changes it
+                best_val = float(np.mean(recent_finals))
+                save_checkpoint(checkpoints / "best.pt", {**controller(), "timesteps": timesteps, "val_loss": best_val})
             with torch.no_grad():
                 last_value = agent.value(torch.as_tensor(obs))
             batch = buffer.batch(last_value, done, args.ppo2_gamma)
+            behaviour = policy_statistics(agent, batch["obs"], batch["actions"], *action_bounds)
             stats = ppo_update(agent, optimizer, batch, config)
-            stats.update(update=update, timesteps=timesteps, episodes=num_episodes, mean_final_val_loss=mean_val,
+            stats.update(behaviour, update=update, timesteps=timesteps, episodes=num_episodes,
+                         mean_final_val_loss=mean_val,
                          steps_per_second=num_steps * num_envs / (time.perf_counter() - started))
             for record in episodes:
                 append_jsonl(episodes_path, record)
             append_jsonl(updates_path, stats)
 
-            controller = controller_state(agent, normalizer, args.action_range)
             save_checkpoint(checkpoints / "latest.pt", {
-                **controller, "optimizer": optimizer.state_dict(), "env": envs.state_dict(),
+                **controller(), "optimizer": optimizer.state_dict(), "env": envs.state_dict(),
                 "torch_rng": torch.get_rng_state(), "update": update + 1, "episodes": num_episodes,
-                "best_val_loss": best_val, "obs": torch.as_tensor(obs), "done": torch.as_tensor(done),
+                "best_val_loss": best_val, "recent_finals": torch.as_tensor(recent_finals, dtype=torch.float64),
+                "obs": torch.as_tensor(obs), "done": torch.as_tensor(done),
                 "device": device.type,
                 "timesteps": timesteps})
             if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
                 name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
-                save_checkpoint(checkpoints / name, {**controller, "timesteps": timesteps, "val_loss": mean_val})
+                save_checkpoint(checkpoints / name, {**controller(), "timesteps": timesteps, "val_loss": mean_val})
                 plot_training(read_jsonl(episodes_path), read_jsonl(updates_path), run_dir / "progress.png",
                               run_dir.name)
     except KeyboardInterrupt:

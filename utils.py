@@ -57,13 +57,21 @@ def build_parser():
     p.add_argument("--ppo2-nminibatches", type=int, default=4, help="minibatches per PPO epoch")
     p.add_argument("--ppo2-noptepochs", type=int, default=4, help="PPO epochs per rollout")
     p.add_argument("--ppo2-cliprange", type=float, default=10.0,
-                   help="PPO clip range, also the observation/reward clip when > 0")
+                   help="PPO clip range (<= 0: no clipping), also the observation/reward clip unless --norm-clip")
     p.add_argument("--ppo2-norm-obs", type=int, default=1, choices=(0, 1), help="normalize observations")
     p.add_argument("--ppo2-norm-reward", type=int, default=1, choices=(0, 1), help="normalize rewards")
+    p.add_argument("--action-param", default="clip", choices=("clip", "log"),
+                   help="continuous action a -> factor: clip(a, 1/range, range) (reference) or range**clip(a, -1, 1)")
+    p.add_argument("--norm-clip", type=float, default=None,
+                   help="clip of normalized observations and rewards (default: --ppo2-cliprange if > 0, else 10)")
+    p.add_argument("--reward", default="val-loss", choices=("val-loss", "log-improvement"),
+                   help="per step: -L(t) (reference) or log L(t-1) - log L(t)")
     p.add_argument("--tb-suffix", default="", help="suffix appended to the experiment id")
     p.add_argument("--test-id", default=None, help="experiment id whose controller test.py evaluates")
     p.add_argument("--test-schedule", default="best",
                    help="checkpoint test.py evaluates: best, latest, or a file name in checkpoints/")
+    p.add_argument("--test-deterministic", type=int, default=1, choices=(0, 1),
+                   help="test.py: 1 acts with the policy's mode, 0 samples actions (as the reference)")
     p.add_argument("--data-dir", default="data", help="folder holding the datasets (torchvision layout)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where children train")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -102,6 +110,8 @@ def parse_args(argv=None):
         parser.error(f"argument --action-range: must be > 1, got {args.action_range}")
     if args.initial_lr < 0 or any(lr <= 0 for lr in args.initial_lrs) or args.ppo2_lr <= 0:
         parser.error("learning rates must be positive (--initial-lr may be 0: drawn per episode)")
+    if args.norm_clip is not None and args.norm_clip <= 0:
+        parser.error(f"argument --norm-clip: must be positive, got {args.norm_clip}")
     if not 0 <= args.ppo2_gamma <= 1:
         parser.error(f"argument --ppo2-gamma: must be in [0, 1], got {args.ppo2_gamma}")
     if args.ppo2_total_timesteps < args.num_envs * args.ppo2_update_freq:
