@@ -28,7 +28,7 @@ declare -A ARMS=(
 )
 
 run_id() {  # the experiment folder of an arm, if it was started
-  ls -d "$RUNS"/*_"arm-$1" 2>/dev/null | head -n1 | xargs -r basename
+  { ls -d "$RUNS"/*_"arm-$1" 2>/dev/null || true; } | head -n1 | xargs -r basename
 }
 
 train_arm() {
