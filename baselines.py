@@ -12,10 +12,10 @@ import itertools
 import math
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
+from schedules import StepDecay, stack
 from utils import (append_jsonl, dataset_name, json_floats, load_splits, parse_args, plot_schedules,
                    read_jsonl, resolve_device, run_cli, save_json)
 
@@ -43,17 +43,10 @@ def grid(args):
     return runs
 
 
-def schedule_lr(run, step):
-    """Learning rate of a baseline run for the block that starts at child step ``step``."""
-    if run["kind"] == "constant":
-        return run["initial_lr"]
-    return run["initial_lr"] * run["discount_factor"] ** (step // run["discount_step"])
-
-
 def run_schedules(runs, config, splits, seed, device):
     """Train one child per run with its fixed schedule, all from the same seed (synced)."""
     envs = VecALRSEnv(config, splits, [seed] * len(runs), device, autoreset=False)
-    curves = run_episode(envs, lambda obs, lr, step: np.array([schedule_lr(run, step) for run in runs]),
+    curves = run_episode(envs, stack([StepDecay.from_run(run) for run in runs]),
                          [seed] * len(runs), [run["initial_lr"] for run in runs])
     return [{**run, "diverged": bool(curves["diverged"][i]),
              **dict(zip(METRICS, json_floats([curves[m][i] for m in METRICS]))),

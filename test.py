@@ -1,24 +1,32 @@
-"""Evaluate a learned schedule against the best step-decay and constant baselines.
+"""Evaluate a learned schedule against its untrained controller and the best baselines.
 
     python test.py --dataset fa-mnist --architecture cnn --test-id <experiment-id>
 
-For each of --test-runs seeds, the learned schedule, the best step-decay and the best constant
-learning rate (from baselines.py on this dataset and child) train children from the same
-initialization on the same batches. Prints a mean +- std table and writes results.json and
-schedules.png under runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]/.
+For each of --test-runs seeds, every row trains a child from the same initialization on the same
+batches: the learned controller (the --test-schedule checkpoint, acting with its policy's mode, or
+sampling as the reference does with --test-deterministic 0), the untrained controller (the run's
+initial policy, with the tested checkpoint's observation statistics), and the best step decay and
+best constant rate from baselines.py. A controller trained with --initial-lr 0 is tested from each of
+1e-2, 1e-3 and 1e-4, against the untrained controller and the best baselines that start at the same
+rate; the best baselines overall are rows too. Prints mean +- std and standard errors, and paired
+differences; writes results.json and schedules*.png under
+runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode>/.
 """
+import math
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from baselines import baseline_dir, schedule_lr
-from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, apply_action, run_episode
-from ppo import CHECKPOINT_FORMAT, load_controller
-from utils import (UserError, dataset_name, find_run, json_floats, load_checkpoint, load_json, load_splits,
-                   parse_args, plot_schedules, resolve_device, run_cli, save_json)
+from baselines import baseline_dir, best_of
+from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, run_episode
+from ppo import CHECKPOINT_FORMAT, ActorCritic, load_controller
+from schedules import Controller, StepDecay, stack
+from utils import (UNTRAINED_CHECKPOINT, UserError, dataset_name, find_run, json_floats, load_checkpoint, load_json, load_splits,
+                   parse_args, plot_schedules, read_jsonl, resolve_device, run_cli, save_json)
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
+CURVES = ("train_loss", "val_loss", "lr")
 
 
 def checkpoint_path(run_dir, name):
@@ -31,31 +39,69 @@ def checkpoint_path(run_dir, name):
     return path
 
 
-def load_baselines(args):
-    path = baseline_dir(args) / "best.json"
-    if not path.exists():
-        raise UserError(f"no baseline results at {path}; run first: python baselines.py --dataset {args.dataset} "
+def load_baseline_runs(args):
+    """Every finished run of baselines.py for this setting, and its best.json."""
+    folder = baseline_dir(args)
+    if not (folder / "best.json").exists():
+        raise UserError(f"no baseline results at {folder}; run first: python baselines.py --dataset {args.dataset} "
                         f"--architecture {args.architecture} (with the same --num-train-steps, --batch-size, ...)")
-    best = load_json(path)
+    best = load_json(folder / "best.json")
     if not best["step_decay"] or not best["constant"]:
-        raise UserError(f"{path} has no finished step-decay or constant run (all diverged?)")
-    return best["step_decay"], best["constant"]
+        raise UserError(f"{folder / 'best.json'} has no finished step-decay or constant run (all diverged?)")
+    return read_jsonl(folder / "results.jsonl"), best
 
 
-def learned_lr(agent, normalizer, action_range, discrete):
-    """next_lr function of run_episode for a controller: deterministic action on frozen-normalized obs."""
-    def next_lr(obs, lr, step):
-        action, _, _ = agent.act(torch.as_tensor(normalizer.observation(obs)), deterministic=True)
-        return apply_action(lr, action.numpy(), discrete, action_range)
-    return next_lr
+def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
+    """The rows of the table: (key, label, start lr or None for the overall best, schedule)."""
+    mode = "mode" if args.test_deterministic else "sampled"
+    agent, normalizer, action_range = load_controller(state)
+    action_param = state.get("action_param", "clip")
+    untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
+    untrained = None
+    if untrained_path.exists():
+        untrained = ActorCritic(discrete=agent.discrete).eval()
+        untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
+    else:
+        print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained row")
+    rows, overall = [], {best["step_decay"]["name"], best["constant"]["name"]}
+    for lr in start_lrs:
+        rows.append((f"learned@{lr:g}", f"learned ({args.test_schedule}, {mode}) from {lr:g}", lr,
+                     Controller(agent, normalizer, action_range, action_param, lr, bool(args.test_deterministic))))
+        if untrained is not None:
+            rows.append((f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr,
+                         Controller(untrained, normalizer, action_range, action_param, lr,
+                                    bool(args.test_deterministic))))
+        for kind in ("step_decay", "constant"):
+            run = best_of([r for r in baseline_runs if math.isclose(r["initial_lr"], lr)], kind)
+            if run is not None:
+                suffix = "  (best overall)" if run["name"] in overall else ""
+                rows.append((f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}: {run['name']}{suffix}",
+                             lr, StepDecay.from_run(run)))
+    covered = {label.split(": ")[-1].split("  ")[0] for _, label, _, _ in rows}
+    for kind in ("step_decay", "constant"):
+        if best[kind]["name"] not in covered:
+            rows.append((f"{kind}_best", f"best {kind.replace('_', ' ')} overall: {best[kind]['name']}", None,
+                         StepDecay.from_run(best[kind])))
+    return rows
 
 
 def summarize(values):
+    """Mean, sample std and standard error of the finite values; diverged runs are counted apart."""
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
-    return {"mean": float(finite.mean()) if len(finite) else None,
-            "std": float(finite.std()) if len(finite) else None, "runs": len(finite),
-            "diverged": int(len(values) - len(finite))}
+    n = len(finite)
+    std = float(finite.std(ddof=1)) if n > 1 else (0.0 if n else None)
+    return {"mean": float(finite.mean()) if n else None, "std": std,
+            "sem": std / math.sqrt(n) if n else None, "runs": n, "diverged": int(len(values) - n)}
+
+
+def paired_difference(a, b):
+    """Mean and standard error of a - b over the seeds where both finished (synced seeds)."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    diff = diff[np.isfinite(diff)]
+    if len(diff) < 2:
+        return None
+    return {"mean": float(diff.mean()), "sem": float(diff.std(ddof=1) / math.sqrt(len(diff))), "runs": len(diff)}
 
 
 def main():
@@ -67,67 +113,87 @@ def main():
     state = load_checkpoint(checkpoint_path(run_dir, args.test_schedule), required=("format", "agent", "discrete"))
     if state["format"] != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
-    if bool(state["discrete"]) != bool(args.discrete):
-        raise UserError(f"controller {args.test_id} was trained with --discrete {int(state['discrete'])}; "
-                        f"test it with --discrete {int(state['discrete'])}")
-    agent, normalizer, action_range = load_controller(state)
-    step_decay, constant = load_baselines(args)
+    baseline_runs, best = load_baseline_runs(args)
+    start_lrs = RANDOM_INITIAL_LRS if trained["initial_lr"] == 0 else (args.initial_lr,)
+    rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs)
 
     trained_on = f"{dataset_name(trained['dataset'])}/{trained['architecture']}"
     tested_on = f"{dataset_name(args.dataset)}/{args.architecture}"
     transfer = trained_on != tested_on
-    print(f"controller {args.test_id} ({args.test_schedule}), trained on {trained_on}, tested on {tested_on}"
-          + ("  [TRANSFER]" if transfer else ""))
+    mode = "deterministic" if args.test_deterministic else "sampled"
+    print(f"controller {args.test_id} ({args.test_schedule}, {mode}), trained on {trained_on}, tested on "
+          f"{tested_on}" + ("  [TRANSFER]" if transfer else ""))
     device = resolve_device(args.device)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
     config = EnvConfig.from_args(args, lr_noise=False)
-    methods = {"learned": None, f"step decay ({step_decay['name']})": step_decay,
-               f"constant ({constant['name']})": constant}
-    policy = learned_lr(agent, normalizer, action_range, bool(args.discrete))
-
-    def next_lr(obs, lr, step):
-        return np.concatenate([policy(obs[:1], lr[:1], step),
-                               [schedule_lr(run, step) for run in (step_decay, constant)]])
-
+    schedules = [schedule for *_, schedule in rows]
     runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]
-    results = {name: {m: [] for m in METRICS} | {"curves": []} for name in methods}
-    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else ""))
+    results = {key: {m: [] for m in METRICS} | {"curves": []} for key, *_ in rows}
+    checkpoint = args.test_schedule.removesuffix(".pt")
+    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else "")
+                              + f"_{checkpoint}_{mode}")
     try:
         for run in tqdm(runs, unit="run", desc="test", dynamic_ncols=True):
-            envs = VecALRSEnv(config, splits, [run["seed"]] * 3, device, autoreset=False)
-            initial = [args.initial_lr, step_decay["initial_lr"], constant["initial_lr"]]
-            curves = run_episode(envs, next_lr, [run["seed"]] * 3, initial)
-            for i, name in enumerate(methods):
+            torch.manual_seed(run["seed"])  # the sampled actions of a seed are reproducible
+            envs = VecALRSEnv(config, splits, [run["seed"]] * len(rows), device, autoreset=False)
+            curves = run_episode(envs, stack(schedules), [run["seed"]] * len(rows),
+                                 [s.initial_lr for s in schedules])
+            for i, (key, *_) in enumerate(rows):
                 for metric in METRICS:
-                    results[name][metric].append(curves[metric][i])
-                results[name]["curves"].append({k: curves[k][i] for k in ("train_loss", "val_loss", "lr")})
+                    results[key][metric].append(curves[metric][i])
+                results[key]["curves"].append({k: curves[k][i] for k in CURVES})
     except KeyboardInterrupt:
-        if results["learned"]["curves"]:  # report the runs that finished, then stop
-            report(args, results, runs, curves["step"], out, trained_on, tested_on, transfer)
+        if results[rows[0][0]]["curves"]:  # report the runs that finished, then stop
+            report(args, rows, results, runs, curves["step"], out, trained, trained_on, tested_on, transfer)
         raise
-    report(args, results, runs, curves["step"], out, trained_on, tested_on, transfer)
+    report(args, rows, results, runs, curves["step"], out, trained, trained_on, tested_on, transfer)
 
 
-def report(args, results, runs, step, out, trained_on, tested_on, transfer):
-    """Print the mean +- std table of the finished runs; write results.json and schedules.png."""
-    finished = len(results["learned"]["curves"])
-    summary = {name: {m: summarize(r[m]) for m in METRICS} for name, r in results.items()}
-    width = max(map(len, results)) + 2
-    print(f"\n{finished} runs, mean +- std" + (f"  (TRANSFER: trained on {trained_on})" if transfer else ""))
-    print(f"{'method':<{width}}" + "".join(f"{m:>22}" for m in METRICS))
-    for name, stats in summary.items():
-        cells = "".join(f"{'diverged':>22}" if s["mean"] is None else f"{s['mean']:>13.4f} +- {s['std']:.4f}"
-                        for s in stats.values())
-        print(f"{name:<{width}}{cells}")
+def report(args, rows, results, runs, step, out, trained, trained_on, tested_on, transfer):
+    """Print the table of the finished runs and the paired differences; write results.json and figures."""
+    finished = len(results[rows[0][0]]["curves"])
+    summary = {key: {m: summarize(results[key][m]) for m in METRICS} for key, *_ in rows}
+    width = max(len(label) for _, label, *_ in rows) + 2
+    print(f"\n{finished} seeds, mean +- sample std (standard error); lower loss is better"
+          + (f"  (TRANSFER: trained on {trained_on})" if transfer else ""))
+    print(f"{'schedule':<{width}}" + "".join(f"{m:>30}" for m in METRICS))
+    for key, label, *_ in rows:
+        cells = "".join(f"{'diverged':>30}" if s["mean"] is None else
+                        f"{s['mean']:>12.4f} +- {s['std']:.4f} ({s['sem']:.4f})" for s in summary[key].values())
+        print(f"{label:<{width}}{cells}")
+    comparisons = {}
+    for key, label, lr, _ in rows:
+        if not key.startswith("learned@"):
+            continue
+        for other in (f"untrained@{lr:g}", f"step_decay@{lr:g}", f"constant@{lr:g}", "step_decay_best"):
+            if other in results:
+                comparisons[f"{key} - {other}"] = paired_difference(results[key]["final_val_loss"],
+                                                                   results[other]["final_val_loss"])
+    print("\npaired differences of final validation loss over the same seeds (negative: learned is better)")
+    for name, diff in comparisons.items():
+        if diff is not None:
+            verdict = ("better" if diff["mean"] < -2 * diff["sem"] else
+                       "worse" if diff["mean"] > 2 * diff["sem"] else "within 2 standard errors")
+            print(f"  {name:<40} {diff['mean']:+.4f} +- {diff['sem']:.4f}  ({verdict})")
     save_json(out / "results.json", {
-        "test_id": args.test_id, "checkpoint": args.test_schedule, "trained_on": trained_on, "tested_on": tested_on,
-        "transfer": transfer, "seeds": [r["seed"] for r in runs[:finished]], "summary": summary,
-        "runs": {name: {m: json_floats(r[m]) for m in METRICS}
-                 for name, r in results.items()}, "args": vars(args)})
-    curves = {name: {"step": step, **{k: np.stack([c[k] for c in r["curves"]]) for k in ("train_loss", "val_loss", "lr")}}
-              for name, r in results.items()}
-    plot_schedules(curves, out / "schedules.png", f"{args.test_id} on {tested_on}" + (" (transfer)" if transfer else ""))
-    print(f"saved {out / 'results.json'} and {out / 'schedules.png'}")
+        "test_id": args.test_id, "checkpoint": args.test_schedule,
+        "mode": "deterministic" if args.test_deterministic else "sampled",
+        "trained_on": trained_on, "tested_on": tested_on, "transfer": transfer,
+        "seeds": [r["seed"] for r in runs[:finished]],
+        "rows": {key: {"label": label, "initial_lr": s.initial_lr} for key, label, _, s in rows},
+        "summary": summary, "paired_differences": comparisons,
+        "runs": {key: {m: json_floats(results[key][m]) for m in METRICS} for key, *_ in rows},
+        "trained_args": trained, "args": vars(args)})
+    curves = {key: {"step": step, **{k: np.stack([c[k] for c in results[key]["curves"]]) for k in CURVES}}
+              for key, *_ in rows}
+    starts = sorted({lr for _, _, lr, _ in rows if lr is not None}, reverse=True)
+    for lr in starts:
+        name = "schedules.png" if len(starts) == 1 else f"schedules_from_{lr:g}.png"
+        shown = {label: curves[key] for key, label, start, _ in rows if start in (lr, None)}
+        plot_schedules(shown, out / name, f"{args.test_id} on {tested_on}, from lr {lr:g}"
+                       + (" (transfer)" if transfer else "") + f"; mean over {finished} seeds, band: min-max")
+    print(f"saved {out / 'results.json'} and the schedules figure(s) in {out}")
+
 
 if __name__ == "__main__":
     run_cli(main)

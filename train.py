@@ -18,13 +18,12 @@ from tqdm import tqdm
 from environment import OBS_DIM, EnvConfig, VecALRSEnv
 from ppo import (DEFAULT_CLIP, ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, policy_statistics, ppo_update)
-from utils import (UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
+from utils import (UNTRAINED_CHECKPOINT, UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
                    parse_args, plot_training, read_jsonl, resolve_device, run_cli, save_checkpoint,
                    save_json, atomic_write)
 
 NUM_PERIODIC_CHECKPOINTS = 10
 BEST_WINDOW = 16  # best.pt: the policy with the lowest mean final validation loss over this many episodes
-UNTRAINED_CHECKPOINT = "step-0000000_untrained.pt"  # the initial policy, test.py's control
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
 
 

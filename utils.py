@@ -24,6 +24,7 @@ from models import ARCHITECTURES
 DATASETS = ("mnist", "fa-mnist", "cifar10")
 SPLIT_SEED = 0  # the validation split is the same for every experiment, so results compare
 DEFAULT_VAL_SIZE = 10000
+UNTRAINED_CHECKPOINT = "step-0000000_untrained.pt"  # the initial policy: test.py's control
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

@@ -1,0 +1,51 @@
+"""Learning-rate schedules that drive one child through an episode, all behind one interface.
+
+A schedule has ``initial_lr`` and ``next_lr(obs, lr, step)``: the rate of the block that starts at
+child step ``step``, given that child's raw observation (7,) and current rate. ``stack`` turns a
+list of them into the ``next_lr`` of ``environment.run_episode`` over as many children, so
+baselines.py and test.py line up schedules and children by position, with no bookkeeping.
+"""
+import numpy as np
+import torch
+
+from environment import apply_action
+
+
+class StepDecay:
+    """lr0 * factor ** floor(step / every): a baseline-grid run (a constant rate has factor 1)."""
+
+    def __init__(self, initial_lr, every=1, factor=1.0):
+        self.initial_lr, self.every, self.factor = initial_lr, every, factor
+
+    @classmethod
+    def from_run(cls, run):
+        """The schedule of a baselines.py run record (``kind`` step_decay or constant)."""
+        if run["kind"] == "constant":
+            return cls(run["initial_lr"])
+        return cls(run["initial_lr"], run["discount_step"], run["discount_factor"])
+
+    def next_lr(self, obs, lr, step):
+        return self.initial_lr * self.factor ** (step // self.every)
+
+
+class Controller:
+    """A trained (or untrained) PPO controller: its action on the frozen-normalized observation,
+    the mode of its policy (``deterministic``) or a sample from it, applied to the current rate."""
+
+    def __init__(self, agent, normalizer, action_range, action_param, initial_lr, deterministic=True):
+        self.agent, self.normalizer = agent, normalizer
+        self.action_range, self.action_param = action_range, action_param
+        self.initial_lr, self.deterministic = initial_lr, deterministic
+
+    def next_lr(self, obs, lr, step):
+        normalized = torch.as_tensor(self.normalizer.observation(np.asarray(obs)[None]))
+        action, _, _ = self.agent.act(normalized, deterministic=self.deterministic)
+        return float(apply_action(np.array([lr]), action.numpy(), self.agent.discrete,
+                                  self.action_range, self.action_param)[0])
+
+
+def stack(schedules):
+    """``next_lr`` for run_episode: child i follows ``schedules[i]``."""
+    def next_lr(obs, lr, step):
+        return np.array([s.next_lr(obs[i], lr[i], step) for i, s in enumerate(schedules)])
+    return next_lr
