@@ -446,7 +446,7 @@ class VecALRSEnv:
             self.step_count[i] = 0
             self.episode_return[i] = 0
             self.log_lr_sum[i] = 0
-            self.lr_range[i] = self.lr[i]
+            self.lr_range[i] = (np.inf, -np.inf)  # over the rates of the blocks trained
         self._observe(mask)
 
     def _train_block(self, active):

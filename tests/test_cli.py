@@ -15,8 +15,8 @@ from utils import parse_args
 
 TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
         "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
-TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "48", "--ppo2-nminibatches", "2"]
-TINY_GRID = ["--initial-lrs", "0.01", "0.001", "--discount-steps", "3", "--discount-factors", "0.5"]
+TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "64", "--ppo2-nminibatches", "2"]
+TINY_GRID = ["--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "--discount-factors", "0.5"]
 
 
 def run(script, *args, check=True):
@@ -37,10 +37,10 @@ def jsonl(path):
 
 @pytest.fixture(scope="module")
 def trained(mnist_dir, tmp_path_factory):
-    """One tiny controller trained on fa-mnist/cnn, and the baselines of fa-mnist/cnn."""
+    """One tiny controller trained on fa-mnist/cnn from random initial rates, and the baselines."""
     runs = tmp_path_factory.mktemp("runs")
     common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY]
-    out = run("train.py", *common, *TINY_PPO).stdout
+    out = run("train.py", *common, *TINY_PPO, "--initial-lr", "0").stdout
     run("baselines.py", *common, *TINY_GRID)
     return runs, experiment_id(out), common
 
@@ -50,16 +50,22 @@ def test_train_writes_metrics_checkpoints_and_figure(trained):
     run_dir = runs / run_id
     assert json.loads((run_dir / "args.json").read_text())["architecture"] == "cnn"
     updates = jsonl(run_dir / "updates.jsonl")
-    assert [u["update"] for u in updates] == [0, 1, 2, 3, 4, 5]  # 48 steps / (2 envs x 4)
-    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-                "explained_variance", "steps_per_second"):
+    assert [u["update"] for u in updates] == list(range(8))  # 64 steps / (2 envs x 4)
+    for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
+                "steps_per_second", "policy_mean", "policy_std", "action_below", "action_above", "action_inside"):
         assert all(key in u for u in updates)
+    assert all(u["action_below"] + u["action_inside"] + u["action_above"] == pytest.approx(1) for u in updates)
     episodes = jsonl(run_dir / "episodes.jsonl")
-    assert len(episodes) == 2 * (48 // 2) // 3  # each env: 24 controller steps, 3 per episode
-    assert all(e["final_val_loss"] > 0 and e["lr_min"] <= e["lr_max"] for e in episodes)
+    assert len(episodes) == 2 * (64 // 2) // 4  # each env: 32 controller steps, 12 / 3 = 4 per episode
+    assert all(e["final_val_loss"] > 0 and e["lr_min"] <= e["lr_geomean"] <= e["lr_max"] for e in episodes)
+    drawn = {min((0.01, 0.001, 0.0001), key=lambda lr: abs(e["initial_lr"] / lr - 1)) for e in episodes}
+    assert len(drawn) > 1  # --initial-lr 0: one of three rates per episode (plus 10% noise)
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert "best.pt" in names and "latest.pt" in names
-    assert any(re.fullmatch(r"step-0000048_val-\d+\.\d{4}\.pt", n) for n in names), names
+    assert {"best.pt", "latest.pt", "step-0000000_untrained.pt"} <= set(names)
+    assert any(re.fullmatch(r"step-0000064_val-\d+\.\d{4}\.pt", n) for n in names), names
+    untrained = torch.load(run_dir / "checkpoints" / "step-0000000_untrained.pt", weights_only=True)
+    assert not torch.equal(untrained["agent"]["actor.0.weight"], torch.load(
+        run_dir / "checkpoints" / "latest.pt", weights_only=True)["agent"]["actor.0.weight"])
     for name in names:
         state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert state["format"] == "alrs-controller-1"
@@ -70,27 +76,52 @@ def test_baselines_pick_the_lowest_final_validation_loss(trained):
     runs, _, _ = trained
     folder = next((runs / "baselines").iterdir())
     results = jsonl(folder / "results.jsonl")
-    assert len(results) == 2 * 1 * 1 + 2
+    assert len(results) == 3 * 1 * 1 + 3
     best = json.loads((folder / "best.json").read_text())
     step_decay = [r for r in results if r["kind"] == "step_decay"]
     assert best["step_decay"]["final_val_loss"] == min(r["final_val_loss"] for r in step_decay)
     lr_curve = best["step_decay"]["curves"]["lr"]
     lr0 = best["step_decay"]["initial_lr"]
-    assert lr_curve == pytest.approx([lr0 * 0.5 ** (step // 3) for step in range(0, 12, 3)])
+    # the rate at each observation: the fresh child's (step 0), then that of the block ending there
+    assert lr_curve == pytest.approx([lr0] + [lr0 * 0.5 ** (step // 3) for step in range(0, 12, 3)])
     assert (folder / "best.png").exists()
 
 
-def test_test_compares_learned_schedule_with_baselines(trained):
+def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_rate(trained):
     runs, run_id, common = trained
     out = run("test.py", *common, "--test-id", run_id, "--test-runs", "2").stdout
     assert "TRANSFER" not in out
-    assert re.search(r"^learned\s+\d+\.\d{4} \+- \d+\.\d{4}", out, re.M), out
-    result = json.loads((runs / run_id / "test" / "fa-mnist_cnn" / "results.json").read_text())
-    assert not result["transfer"] and len(result["seeds"]) == 2
-    assert len(result["summary"]) == 3
-    for method in result["runs"].values():
+    assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4} \(\d+\.\d{4}\)", out, re.M), out
+    folder = runs / run_id / "test" / "fa-mnist_cnn_best_deterministic"
+    result = json.loads((folder / "results.json").read_text())
+    assert not result["transfer"] and len(result["seeds"]) == 2 and result["mode"] == "deterministic"
+    for lr in ("0.01", "0.001", "0.0001"):  # trained with --initial-lr 0: tested from each rate
+        assert {f"{kind}@{lr}" for kind in ("learned", "untrained", "step_decay", "constant")} <= set(result["rows"])
+        assert result["rows"][f"learned@{lr}"]["initial_lr"] == float(lr)
+        assert f"learned@{lr} - untrained@{lr}" in result["paired_differences"]
+    for key, method in result["runs"].items():
         assert len(method["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in method["test_accuracy"])
-    assert (runs / run_id / "test" / "fa-mnist_cnn" / "schedules.png").exists()
+    for lr in ("0.01", "0.001", "0.0001"):
+        assert (folder / f"schedules_from_{lr}.png").exists()
+
+
+def test_untrained_row_is_the_initial_policy_and_sampling_is_seeded(trained):
+    """Tested as the checkpoint itself, the initial policy gives exactly the untrained rows; sampled
+    actions give other numbers than the mode, the same ones on a rerun."""
+    runs, run_id, common = trained
+    args = [*common, "--test-id", run_id, "--test-runs", "1", "--test-schedule", "step-0000000_untrained"]
+    results = {}
+    for mode in ("1", "0", "0"):
+        run("test.py", *args, "--test-deterministic", mode)
+        name = "deterministic" if mode == "1" else "sampled"
+        results.setdefault(name, []).append(json.loads(
+            (runs / run_id / "test" / f"fa-mnist_cnn_step-0000000_untrained_{name}" / "results.json").read_text()))
+    deterministic, sampled = results["deterministic"][0]["runs"], results["sampled"][0]["runs"]
+    rates = ("0.01", "0.001", "0.0001")
+    for lr in rates:
+        assert deterministic[f"learned@{lr}"] == deterministic[f"untrained@{lr}"]
+    assert sampled == results["sampled"][1]["runs"]
+    assert any(sampled[f"learned@{lr}"] != deterministic[f"learned@{lr}"] for lr in rates)
 
 
 def test_transfer_to_another_dataset_and_child_is_flagged(trained, mnist_dir):
@@ -101,7 +132,8 @@ def test_transfer_to_another_dataset_and_child_is_flagged(trained, mnist_dir):
     run("baselines.py", *other, *TINY_GRID)
     out = run("test.py", *other, "--test-id", run_id, "--test-runs", "1").stdout
     assert "[TRANSFER]" in out
-    assert json.loads((runs / run_id / "test" / "mnist_mlp_transfer" / "results.json").read_text())["transfer"]
+    assert json.loads((runs / run_id / "test" / "mnist_mlp_transfer_best_deterministic" / "results.json")
+                      .read_text())["transfer"]
 
 
 def test_cifar10_resnet_discrete_trains_a_controller(mnist_dir, tmp_path):
@@ -133,6 +165,10 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     (["--test-id", "../other"], "is not a plain name"),
     (["--resume", "a/b"], "is not a plain name"),
     (["--discrete", "2"], "invalid choice: 2"),
+    (["--action-param", "exp"], "invalid choice: 'exp'"),
+    (["--reward", "accuracy"], "invalid choice: 'accuracy'"),
+    (["--norm-clip", "0"], "--norm-clip: must be positive"),
+    (["--test-deterministic", "2"], "invalid choice: 2"),
     (["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
     (["--ppo2-total-timesteps", "100"], "--ppo2-total-timesteps: less than one rollout"),
 ])
@@ -170,10 +206,8 @@ def test_unknown_test_id_lists_the_experiments(trained):
     assert_one_line_error(run("test.py", *common, "--test-id", "nope", check=False), "'nope'", run_id)
 
 
-def test_discrete_mismatch_and_damaged_checkpoints_are_refused(trained):
+def test_damaged_checkpoints_are_refused(trained):
     runs, run_id, common = trained
-    assert_one_line_error(run("test.py", *common, "--test-id", run_id, "--discrete", "1", check=False),
-                          "--discrete 0")
     checkpoints = runs / run_id / "checkpoints"
     (checkpoints / "truncated.pt").write_bytes((checkpoints / "best.pt").read_bytes()[:300])
     torch.save({"weights": torch.zeros(2)}, checkpoints / "foreign.pt")
@@ -212,7 +246,7 @@ def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_di
     wait_for(lambda: len(jsonl(killed / "updates.jsonl")) >= 2, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert len(jsonl(killed / "updates.jsonl")) < 6
+    assert len(jsonl(killed / "updates.jsonl")) < 8
 
     out = run("train.py", "--resume", killed.name, "--runs-dir", tmp_path, "--device", "cpu").stdout
     assert "resuming at update" in out

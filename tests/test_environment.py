@@ -14,7 +14,7 @@ from environment import (LR_MAX, LR_MIN, BatchedAdam, Box, Discrete, EnvConfig, 
 from models import build_model, output_layer_name
 
 TRAIN_SIZE, VAL_SIZE, BATCH, FREQ, STEPS = 200, 50, 16, 3, 12
-BLOCKS = STEPS // FREQ  # observations per episode
+BLOCKS = STEPS // FREQ  # actions (and trained blocks) per episode; observations are one more
 CONFIG = EnvConfig(architecture="mlp", batch_size=BATCH, update_freq=FREQ, num_train_steps=STEPS,
                    initial_lr=1e-3, discrete=True, action_range=1.05, lr_noise=False)
 BACKENDS = ["vmap", "module"]
@@ -71,6 +71,10 @@ class Replay:
             loss.backward()
             self.optimizer.step()
             losses.append(loss.item())
+        return self.observe(np.mean(losses), lr)
+
+    def observe(self, train_loss, lr):
+        """The features of the current child; ``train_loss=None`` (fresh child): its validation loss."""
         with torch.no_grad():
             logits = self.model(self.splits.val_x.float() / 255)
             val_loss = F.cross_entropy(logits, self.splits.val_y).item()
@@ -78,8 +82,8 @@ class Replay:
         change = logits if self.prev_logits is None else logits - self.prev_logits
         self.prev_logits = logits
         weight = self.model.get_parameter(output_layer_name(self.model) + ".weight").detach().double().numpy()
-        return np.array([np.mean(losses), val_loss, np.var(logits), np.var(change),
-                         weight.mean(), np.var(weight), lr])
+        return np.array([val_loss if train_loss is None else train_loss, val_loss, np.var(logits),
+                         np.var(change), weight.mean(), np.var(weight), lr])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,8 +94,10 @@ def test_observations_match_a_direct_computation(splits, architecture, backend):
     replay = Replay(splits, architecture, seed)
     obs, infos = env.reset(seed=seed)
     assert obs.shape == (1, 7) and obs.dtype == np.float32
-    assert obs[0, 3] == obs[0, 2]  # first observation: the change of the predictions is the predictions
-    np.testing.assert_allclose(obs[0], replay.block(1e-3), rtol=1e-4, atol=1e-7)
+    # the first observation is of the fresh child: its training-loss feature is its validation loss,
+    # and the change of the predictions is the predictions
+    assert obs[0, 3] == obs[0, 2] and obs[0, 0] == obs[0, 1]
+    np.testing.assert_allclose(obs[0], replay.observe(None, 1e-3), rtol=1e-4, atol=1e-7)
     for action, lr in ((0, 1e-3 * 1.05), (1, 1e-3)):
         obs, reward, *_ = env.step(np.array([action]))
         expected = replay.block(lr)
@@ -129,6 +135,15 @@ def test_apply_action(discrete, actions, action_range, factors):
                                lr * np.array(factors), rtol=1e-12)
 
 
+def test_log_action_parametrization():
+    """factor = range ** clip(a, -1, 1): a = 0 keeps the rate, +-1 and beyond give range and 1/range,
+    and opposite actions give reciprocal factors."""
+    lr = np.full(6, 1e-3)
+    actions = np.array([[0.0], [1.0], [-1.0], [0.5], [-0.5], [7.0]])
+    new = apply_action(lr, actions, False, 1.05, "log")
+    np.testing.assert_allclose(new / lr, [1.0, 1.05, 1 / 1.05, 1.05 ** 0.5, 1.05 ** -0.5, 1.05], rtol=1e-12)
+
+
 @pytest.mark.parametrize("discrete,actions", [(True, [0, 1]), (False, [[5.0], [0.0]])])
 def test_apply_action_clips_the_learning_rate(discrete, actions):
     lr = np.array([0.099, 1.02e-5])
@@ -161,14 +176,16 @@ def test_env_clips_initial_and_later_learning_rates(splits):
     np.testing.assert_array_equal(env.lr, [LR_MAX, LR_MIN, 5e-3])
 
 
-@pytest.mark.parametrize("discrete", [True, False])
-def test_env_spaces(splits, discrete):
-    env = make_env(splits, discrete=discrete)
+@pytest.mark.parametrize("action_param", ["clip", "log"])
+def test_action_space_bounds_are_where_clipping_starts(splits, action_param):
+    env = make_env(splits, discrete=False, action_param=action_param)
+    low, high = env.action_space.low, env.action_space.high
+    factor = lambda a: apply_action(np.array([1e-3]), np.array([[a]]), False, 1.05, action_param)[0] / 1e-3
+    assert factor(high) == factor(high + 1) == pytest.approx(1.05, rel=1e-12)
+    assert factor(low) == factor(low - 1) == pytest.approx(1 / 1.05, rel=1e-12)
+    assert factor(low) < factor(low + 1e-3) < factor(high - 1e-3) < factor(high)
     assert env.observation_space.shape == (7,)
-    if discrete:
-        assert env.action_space == Discrete(3)
-    else:
-        assert env.action_space == Box(1 / 1.05, 1.05, (1,))
+    assert make_env(splits, discrete=True).action_space == Discrete(3)
 
 
 def test_learning_rate_noise(splits):
@@ -203,17 +220,17 @@ def test_initial_lr_zero_draws_from_the_three_rates(splits):
 def test_episode_length_rewards_and_final_info(splits):
     env = make_env(splits, [0], autoreset=True)
     obs, infos = env.reset(seed=0)
-    assert infos[0]["step"] == FREQ and "final_val_loss" not in infos[0]
-    rewards, lrs = [], [1e-3]
-    for t, action in enumerate([0, 0, 1]):  # num_train_steps / update_freq - 1 steps
-        last = t == BLOCKS - 2
+    assert infos[0]["step"] == 0 and "final_val_loss" not in infos[0]
+    rewards, lrs = [], []
+    for t, action in enumerate([0, 0, 1, 2]):  # num_train_steps / update_freq actions, as the reference
+        last = t == BLOCKS - 1
         next_obs, reward, terminated, truncated, infos = env.step(np.array([action]))
         info = infos[0]
         rewards.append(reward[0])
         lrs.append(info["lr"])
         assert not terminated[0] and truncated[0] == last
         assert reward[0] == -info["val_loss"]
-        assert info["step"] == FREQ * (t + 2)
+        assert info["step"] == FREQ * (t + 1)
         if not last:
             assert "final_observation" not in info
             assert reward[0] == pytest.approx(-next_obs[0, 1], rel=1e-6)
@@ -221,25 +238,41 @@ def test_episode_length_rewards_and_final_info(splits):
     assert rewards[-1] == pytest.approx(-info["final_observation"][1], rel=1e-6)
     assert info["episode_return"] == pytest.approx(sum(rewards), rel=1e-12)
     assert info["diverged"] is False
-    assert (info["lr_min"], info["lr_max"]) == pytest.approx((1e-3, 1e-3 * 1.05 ** 2), rel=1e-12)
-    assert lrs == pytest.approx([1e-3, 1.05e-3, 1e-3 * 1.05 ** 2, 1.05e-3], rel=1e-12)
+    assert lrs == pytest.approx([1.05e-3, 1e-3 * 1.05 ** 2, 1.05e-3, 1.05e-3], rel=1e-12)
+    assert (info["lr_min"], info["lr_max"]) == pytest.approx((1.05e-3, 1e-3 * 1.05 ** 2), rel=1e-12)
+    assert (info["initial_lr"], info["final_lr"]) == pytest.approx((1e-3, 1.05e-3), rel=1e-12)
+    assert info["lr_geomean"] == pytest.approx(math.exp(np.mean(np.log(lrs))), rel=1e-12)
     # auto-reset: a fresh episode at the initial lr, whose return starts again from zero
-    assert env.step_count[0] == FREQ
+    assert env.step_count[0] == 0
     assert next_obs[0, 3] == next_obs[0, 2] and next_obs[0, 6] == np.float32(1e-3)
     assert not np.array_equal(next_obs[0], info["final_observation"])
     rewards = []
-    for t in range(BLOCKS - 1):
+    for t in range(BLOCKS):
         _, reward, _, truncated, infos = env.step(np.array([2]))
         rewards.append(reward[0])
-        assert infos[0]["step"] == FREQ * (t + 2)
+        assert infos[0]["step"] == FREQ * (t + 1)
     assert truncated[0] and infos[0]["episode_return"] == pytest.approx(sum(rewards), rel=1e-12)
-    assert infos[0]["lr_min"] == infos[0]["lr_max"] == 1e-3
+    assert [infos[0][k] for k in ("lr_min", "lr_max", "lr_geomean")] == pytest.approx([1e-3] * 3, rel=1e-12)
+
+
+def test_log_improvement_return_is_the_log_ratio_of_first_and_final_losses(splits):
+    env = make_env(splits, [0, 1], reward="log-improvement", lr_noise=True)
+    obs, _ = env.reset()
+    rewards = []
+    for action in ([0, 1], [2, 0], [1, 1], [0, 2]):
+        next_obs, reward, terminated, truncated, infos = env.step(np.array(action))
+        rewards.append(reward)
+    assert truncated.all() and not terminated.any()
+    final = np.array([info["final_observation"][1] for info in infos], dtype=np.float64)
+    expected = np.log(obs[:, 1].astype(np.float64)) - np.log(final)  # log L(0) - log L(T)
+    np.testing.assert_allclose(np.sum(rewards, 0), expected, rtol=1e-5)
+    np.testing.assert_allclose([info["episode_return"] for info in infos], expected, rtol=1e-5)
 
 
 def test_finished_env_without_autoreset_stays_put(splits):
     env = make_env(splits, [0, 1], autoreset=False)
     env.reset()
-    for _ in range(BLOCKS - 1):
+    for _ in range(BLOCKS):
         obs, _, _, truncated, _ = env.step(np.array([2, 2]))
     assert truncated.all()
     weights = env.children.output_weights().clone()
@@ -361,7 +394,7 @@ def test_divergence_ends_the_episode_with_a_finite_penalty(splits, backend, auto
     poison(env, 0)
     obs, reward, terminated, truncated, infos = env.step(np.array([2, 2]))
     ref_obs, ref_reward, *_ = reference.step(np.array([2, 2]))
-    remaining = BLOCKS - 1  # rewards the rest of the episode would have given
+    remaining = BLOCKS  # rewards the rest of the episode would have given
     assert terminated.tolist() == [True, False] and not truncated.any()
     assert infos[0]["diverged"] is True and not infos[1].get("diverged", False)
     assert np.isfinite(reward).all() and np.isfinite(obs).all()
@@ -371,11 +404,24 @@ def test_divergence_ends_the_episode_with_a_finite_penalty(splits, backend, auto
     assert reward[1] == ref_reward[1]
     if autoreset:
         assert np.isfinite(infos[0]["final_observation"]).all()
-        assert env.step_count[0] == FREQ and obs[0, 3] == obs[0, 2]  # a fresh episode
+        assert env.step_count[0] == 0 and obs[0, 3] == obs[0, 2]  # a fresh episode
     obs, reward, terminated, *_ = env.step(np.array([2, 2]))
     assert np.isfinite(obs).all() and np.isfinite(reward).all() and not terminated.any()
     if autoreset:
-        assert reward[0] < 0 and env.step_count[0] == 2 * FREQ
+        assert reward[0] < 0 and env.step_count[0] == FREQ
+
+
+def test_divergence_penalty_of_the_log_improvement_reward(splits):
+    """A diverged episode returns log L(0) - log max(chance, last finite loss)."""
+    env = make_env(splits, [0], reward="log-improvement")
+    first, _ = env.reset()
+    obs, reward, *_ = env.step(np.array([2]))
+    poison(env, 0)
+    _, penalty, terminated, _, infos = env.step(np.array([2]))
+    assert terminated[0] and infos[0]["diverged"]
+    worst = max(math.log(10), obs[0, 1])
+    assert penalty[0] == pytest.approx(math.log(obs[0, 1]) - math.log(worst), rel=1e-6)
+    assert infos[0]["episode_return"] == pytest.approx(math.log(first[0, 1]) - math.log(worst), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- state
@@ -417,13 +463,13 @@ def test_run_episode_with_a_fixed_schedule(splits):
         return np.full(2, step_decay(step))
 
     result = run_episode(env, next_lr, seeds=[0, 1], initial_lr=[step_decay(0)] * 2)
-    np.testing.assert_array_equal(result["step"], [3, 6, 9, 12])
+    np.testing.assert_array_equal(result["step"], [0, 3, 6, 9, 12])  # the fresh child, then each block
     for key in ("train_loss", "val_loss", "lr"):
-        assert result[key].shape == (2, BLOCKS) and np.isfinite(result[key]).all()
-    expected_lr = [step_decay(s - FREQ) for s in result["step"]]  # lr of the block ending at each step
+        assert result[key].shape == (2, BLOCKS + 1) and np.isfinite(result[key]).all()
+    expected_lr = [step_decay(max(s - FREQ, 0)) for s in result["step"]]  # lr of the block ending at each step
     np.testing.assert_allclose(result["lr"], [expected_lr] * 2, rtol=1e-12)
-    assert [c[2] for c in calls] == [3, 6, 9]
-    np.testing.assert_allclose(calls[1][1], [step_decay(3)] * 2, rtol=1e-12)
+    assert [c[2] for c in calls] == [0, 3, 6, 9]
+    np.testing.assert_allclose(calls[2][1], [step_decay(3)] * 2, rtol=1e-12)
     assert calls[0][0].shape == (2, 7)
     assert not result["diverged"].any()
     assert result["val_loss"][:, -1].max() < result["val_loss"][:, 0].min()  # the children learn
@@ -451,13 +497,13 @@ def test_run_episode_marks_a_diverged_child(splits):
 
     result = run_episode(env, next_lr, seeds=[0, 1])
     assert result["diverged"].tolist() == [True, False]
-    assert np.isfinite(result["val_loss"][0, 0]) and np.isnan(result["val_loss"][0, 1:]).all()
-    assert np.isfinite(result["val_loss"][1]).all() and len(result["step"]) == BLOCKS
+    assert np.isfinite(result["val_loss"][0, :2]).all() and np.isnan(result["val_loss"][0, 2:]).all()
+    assert np.isfinite(result["val_loss"][1]).all() and len(result["step"]) == BLOCKS + 1
     assert np.isnan(result["test_loss"][0]) and np.isnan(result["test_accuracy"][0])
     assert np.isfinite(result["test_loss"][1]) and 0 <= result["test_accuracy"][1] <= 1
 
 
-def test_child_diverging_in_its_first_block_gives_a_finite_reset_and_then_ends(splits, monkeypatch):
+def test_child_diverging_in_its_first_block_ends_at_the_first_step(splits, monkeypatch):
     env = make_env(splits, seeds=(0, 1), lr_noise=False)
     train_step = env.children.train_step
 
@@ -467,10 +513,10 @@ def test_child_diverging_in_its_first_block_gives_a_finite_reset_and_then_ends(s
                 p.fill_(float("nan"))
         return train_step(x, y, lrs, active)
 
+    fresh, _ = env.reset()
     monkeypatch.setattr(env.children, "train_step", poison_child_0)
-    obs, _ = env.reset()
-    assert np.isfinite(obs).all() and (obs[0, :6] == 0).all() and obs[0, 6] == pytest.approx(env.lr[0])
-    assert (obs[1, :6] != 0).all()
-    obs, reward, terminated, _, infos = env.step(np.ones((2, 1)))
+    obs, reward, terminated, _, infos = env.step(np.array([2, 2]))
     assert terminated.tolist() == [True, False] and infos[0]["diverged"]
+    np.testing.assert_array_equal(infos[0]["final_observation"], fresh[0])  # its last finite observation
     assert np.isfinite(obs).all() and np.isfinite(reward).all()
+    assert reward[0] == pytest.approx(-max(math.log(10), fresh[0, 1]) * BLOCKS, rel=1e-6)
