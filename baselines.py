@@ -10,28 +10,16 @@ step-decay and constant configurations, by final validation loss, go to best.jso
 """
 import itertools
 import math
-from pathlib import Path
 
 from tqdm import tqdm
 
+import flags
+from data import load_splits
 from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
+from plots import plot_schedules
+from runs import baseline_dir, best_of
 from schedules import StepDecay, stack
-from utils import (append_jsonl, dataset_name, json_floats, load_splits, parse_args, plot_schedules,
-                   read_jsonl, resolve_device, run_cli, save_json)
-
-
-def setting_id(args):
-    """Name of the folder holding the baselines of one training setting (dataset, child, steps...)."""
-    name = f"{dataset_name(args.dataset)}_{args.architecture}_steps{args.num_train_steps}_batch{args.batch_size}"
-    for flag, value, default in (("uf", args.update_freq, 10), ("train", args.train_size, None),
-                                 ("val", args.val_size, 10000), ("seed", args.seed, 0)):
-        if value != default:
-            name += f"_{flag}{value}"
-    return name
-
-
-def baseline_dir(args):
-    return Path(args.runs_dir) / "baselines" / setting_id(args)
+from utils import append_jsonl, json_floats, read_jsonl, resolve_device, run_cli, save_json
 
 
 def grid(args):
@@ -55,13 +43,8 @@ def run_schedules(runs, config, splits, seed, device):
             for i, run in enumerate(runs)]
 
 
-def best_of(results, kind):
-    finished = [r for r in results if r["kind"] == kind and r["final_val_loss"] is not None]
-    return min(finished, key=lambda r: r["final_val_loss"]) if finished else None
-
-
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = flags.parse_args("baselines", argv)
     out = baseline_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"

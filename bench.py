@@ -24,7 +24,8 @@ from torchvision.transforms import ToTensor
 
 from environment import EnvConfig, VecALRSEnv, to_float
 from models import build_model
-from utils import Splits, atomic_write
+from data import Splits
+from utils import atomic_write
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet": (3, 32, 32)}
 
@@ -95,7 +96,9 @@ def time_dataloader(child, splits, steps, update_freq, batch_size, device, worke
 
 
 def time_env(child, splits, steps, update_freq, batch_size, device, num_envs):
-    config = EnvConfig(child, batch_size, update_freq, steps + 3 * update_freq, 1e-3, False, 1.05, False)
+    # one episode longer than the timed steps plus the warm-up, so no reset falls inside the timing
+    config = EnvConfig(architecture=child, batch_size=batch_size, update_freq=update_freq,
+                       num_train_steps=steps + 2 * update_freq, lr_noise=False)
     envs = VecALRSEnv(config, splits.to(device), list(range(num_envs)), device)
     envs.reset()
     envs.step(np.ones((num_envs, 1)))  # warm-up
@@ -129,7 +132,7 @@ def time_train_only(child, splits, steps, batch_size, device):
     return (time.perf_counter() - start) / steps * 1000
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -141,7 +144,7 @@ def main():
     parser.add_argument("--train-size", type=int, default=50000)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     children = args.children.split(",")
     if bad := [c for c in children if c not in SHAPES]:
         parser.error(f"argument --children: unknown {', '.join(bad)} (choose from {', '.join(SHAPES)})")

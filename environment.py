@@ -1,25 +1,25 @@
 """The learning-rate environment: every step trains a child network for ``update_freq`` steps.
 
 ``VecALRSEnv`` steps ``num_envs`` environments together (Gymnasium vector-env style, same-step
-auto-reset); a single environment is the case ``num_envs=1``. Children are trained either all at
-once with torch.func.vmap over stacked parameters (MLP, LeNet-5) or one nn.Module each (ResNet-18,
-whose BatchNorm statistics cannot live under vmap). Both give the same numbers for the same seeds.
+auto-reset); a single environment is the case ``num_envs=1``. ``run_episode`` drives one episode
+of every environment with a given schedule (fixed, or a controller's). The children themselves, and
+the batches they train on, are children.py's.
+
+A diverged child is marked by ``info["diverged"]`` and NaN losses (None in JSON files).
 """
-import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad_and_value, vmap
 
-from models import build_model, has_buffers, output_layer_name
+from children import BatchSampler, make_children, to_float
+from models import build_model
 
 LR_MIN, LR_MAX = 1e-5, 1e-1
 RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
 ACTION_NOISE_STD = 1e-5
-EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
 OBS_DIM = 7
 EPISODE_METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_accuracy")  # what run_episode reports
 ACTION_PARAMS = ("clip", "log")  # how a continuous action becomes a factor (see apply_action)
@@ -54,11 +54,11 @@ class EnvConfig:
     reward: str = "val-loss"  # the reference's -L(t); "log-improvement" is a departure
 
     @classmethod
-    def from_args(cls, args, lr_noise):
-        return cls(architecture=args.architecture, batch_size=args.batch_size, update_freq=args.update_freq,
-                   num_train_steps=args.num_train_steps, initial_lr=args.initial_lr,
-                   discrete=bool(args.discrete), action_range=args.action_range, lr_noise=lr_noise,
-                   action_param=args.action_param, reward=args.reward)
+    def from_args(cls, args, **overrides):
+        """The config of the flags in ``args`` named like its fields (the others keep their defaults)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values.update(overrides)
+        return cls(**values | {"discrete": bool(values.get("discrete", False))})
 
     @property
     def num_actions(self):
@@ -108,192 +108,6 @@ def apply_action(lr, action, discrete, action_range, action_param="clip"):
 def action_bounds(action_param, action_range):
     """The interval outside which a continuous action is clipped, (low, high)."""
     return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
-
-
-# ----------------------------------------------------------------------------- children
-
-def to_float(images):
-    """uint8 images to floats in [0, 1] (ToTensor's scaling), done per batch on the device."""
-    return images.float().div_(255)
-
-
-class BatchedAdam:
-    """Adam over stacked parameters (E, ...) with one learning rate and step count per child.
-
-    Same arithmetic as torch.optim.Adam (default betas, eps, no weight decay); children marked
-    inactive keep their parameters and moments unchanged.
-    """
-
-    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8):
-        self.betas, self.eps = betas, eps
-        first = next(iter(params.values()))
-        self.step_count = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
-        self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
-        self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
-
-    def reset(self, index):
-        self.step_count[index] = 0
-        for state in (self.exp_avg, self.exp_avg_sq):
-            for t in state.values():
-                t[index] = 0
-
-    @torch.no_grad()
-    def step(self, params, grads, lrs, active):
-        beta1, beta2 = self.betas
-        self.step_count += active
-        step = self.step_count.clamp(min=1)
-        step_size = (lrs / (1 - beta1 ** step)).float()
-        bias_correction2_sqrt = (1 - beta2 ** step).sqrt().float()
-        keep = ~active
-        for key, param in params.items():
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            grad = grads[key]
-            exp_avg, exp_avg_sq = self.exp_avg[key], self.exp_avg_sq[key]
-            new_avg = exp_avg.lerp(grad, 1 - beta1)
-            new_avg_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (new_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
-            update = new_avg / denom * step_size.view(shape)
-            mask = keep.view(shape)
-            exp_avg.copy_(torch.where(mask, exp_avg, new_avg))
-            exp_avg_sq.copy_(torch.where(mask, exp_avg_sq, new_avg_sq))
-            param.sub_(torch.where(mask, 0.0, update))
-
-    def state_dict(self):
-        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
-
-    def load_state_dict(self, state):
-        self.step_count.copy_(state["step"])
-        for key in self.exp_avg:
-            self.exp_avg[key].copy_(state["exp_avg"][key])
-            self.exp_avg_sq[key].copy_(state["exp_avg_sq"][key])
-
-
-class VmapChildren:
-    """E children of one architecture trained in one pass with torch.func.vmap."""
-
-    def __init__(self, template, num, device):
-        self.base = template.to("meta")
-        self.params = {k: torch.zeros((num,) + p.shape, device=device) for k, p in template.named_parameters()}
-        self.weight_key = output_layer_name(template) + ".weight"
-        self.adam = BatchedAdam(self.params)
-
-        def loss(params, x, y):
-            return F.cross_entropy(functional_call(self.base, params, (x,)), y)
-
-        self._grad_and_loss = vmap(grad_and_value(loss))
-        self._logits = vmap(lambda params, x: functional_call(self.base, params, (x,)), in_dims=(0, None))
-
-    def load_child(self, index, model):
-        with torch.no_grad():
-            for key, param in model.named_parameters():
-                self.params[key][index] = param
-        self.adam.reset(index)
-
-    def train_step(self, x, y, lrs, active):
-        grads, losses = self._grad_and_loss(self.params, x, y)
-        self.adam.step(self.params, grads, torch.as_tensor(lrs, device=x.device), torch.as_tensor(active, device=x.device))
-        return losses.detach()
-
-    @torch.no_grad()
-    def logits(self, images):
-        return torch.cat([self._logits(self.params, to_float(chunk)) for chunk in images.split(EVAL_CHUNK)], dim=1)
-
-    def output_weights(self):
-        return self.params[self.weight_key]
-
-    def state_dict(self):
-        return {"params": self.params, "adam": self.adam.state_dict()}
-
-    def load_state_dict(self, state):
-        for key in self.params:
-            self.params[key].copy_(state["params"][key])
-        self.adam.load_state_dict(state["adam"])
-
-
-class ModuleChildren:
-    """E children as separate nn.Modules, each with its own torch.optim.Adam (any architecture)."""
-
-    def __init__(self, template, num, device):
-        self.models = [copy.deepcopy(template).to(device) for _ in range(num)]
-        self.optimizers = [torch.optim.Adam(m.parameters()) for m in self.models]
-        self.weight_key = output_layer_name(template) + ".weight"
-
-    def load_child(self, index, model):
-        self.models[index].load_state_dict(model.state_dict())
-        self.optimizers[index] = torch.optim.Adam(self.models[index].parameters())
-
-    def train_step(self, x, y, lrs, active):
-        losses = torch.zeros(len(self.models), device=x.device)
-        for i in np.flatnonzero(active):
-            model, optimizer = self.models[i], self.optimizers[i]
-            model.train()
-            optimizer.param_groups[0]["lr"] = float(lrs[i])
-            loss = F.cross_entropy(model(x[i]), y[i])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[i] = loss.detach()
-        return losses
-
-    @torch.no_grad()
-    def logits(self, images):
-        outputs = []
-        for model in self.models:
-            model.eval()
-            outputs.append(torch.cat([model(to_float(chunk)) for chunk in images.split(EVAL_CHUNK)]))
-        return torch.stack(outputs)
-
-    def output_weights(self):
-        return torch.stack([m.get_parameter(self.weight_key).detach() for m in self.models])
-
-    def state_dict(self):
-        return {"models": [m.state_dict() for m in self.models],
-                "optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state):
-        for model, optimizer, model_state, optimizer_state in zip(
-                self.models, self.optimizers, state["models"], state["optimizers"]):
-            model.load_state_dict(model_state)
-            optimizer.load_state_dict(optimizer_state)
-
-
-def make_children(architecture, splits, num, device, backend="auto"):
-    """Children for ``num`` environments. ``auto``: vmap on a GPU for models without BatchNorm
-    buffers (one launch sequence for all children); otherwise one module each, which is as fast
-    or faster on a CPU, where vmap of a convolution gains nothing."""
-    template = build_model(architecture, splits.in_channels, splits.image_size, splits.num_classes)
-    if backend == "auto":
-        backend = "vmap" if torch.device(device).type == "cuda" and not has_buffers(template) else "module"
-    if backend == "vmap" and has_buffers(template):
-        raise ValueError(f"{architecture} has BatchNorm buffers and cannot be trained under vmap")
-    return (VmapChildren if backend == "vmap" else ModuleChildren)(template, num, device)
-
-
-class BatchSampler:
-    """Shuffled epochs of training indices for each environment, from that environment's generator.
-
-    Like a DataLoader with shuffle=True and drop_last=True, but it hands out the indices of a whole
-    block of steps for all environments at once, so the batches are gathered on the device.
-    """
-
-    def __init__(self, num_samples, batch_size, generators):
-        if batch_size > num_samples:
-            raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training samples")
-        self.num_samples, self.batch_size, self.generators = num_samples, batch_size, generators
-        self.orders = [torch.empty(0, dtype=torch.long) for _ in generators]
-
-    def block(self, num_steps, active):
-        """Indices (num_steps, E, batch_size); inactive environments draw nothing and get zeros."""
-        out = torch.zeros(num_steps, len(self.generators), self.batch_size, dtype=torch.long)
-        need = num_steps * self.batch_size
-        for i in np.flatnonzero(active):
-            while len(self.orders[i]) < need:
-                epoch = torch.randperm(self.num_samples, generator=self.generators[i])
-                usable = self.num_samples - self.num_samples % self.batch_size
-                self.orders[i] = torch.cat([self.orders[i], epoch[:usable]])
-            out[:, i] = self.orders[i][:need].view(num_steps, self.batch_size)
-            self.orders[i] = self.orders[i][need:]
-        return out
 
 
 class VecALRSEnv:
@@ -354,22 +168,35 @@ class VecALRSEnv:
     def step_lr(self, lr):
         """Like ``step`` but sets each child's learning rate directly (used to run fixed schedules)."""
         active = ~self.finished
-        self.lr = np.where(active, np.clip(lr, LR_MIN, LR_MAX), self.lr)
         previous_obs = self.obs.copy()
+        self._train_and_observe(active, lr)
+        diverged = active & ~np.isfinite(self.obs).all(1)
+        reward = self._step_reward(active, diverged, previous_obs[:, 1])
+        self.obs[diverged] = previous_obs[diverged]  # nothing non-finite leaves the environment
+        self.episode_return += reward
+        terminated = diverged
+        truncated = active & ~diverged & (self.step_count >= self.config.num_train_steps)
+        infos = self._end_episodes(terminated | truncated, diverged)
+        return self.obs.astype(np.float32), reward, terminated, truncated, infos
+
+    def _train_and_observe(self, active, lr):
+        """One block of the active children at rates ``lr`` (clipped), then their observation."""
+        self.lr = np.where(active, np.clip(lr, LR_MIN, LR_MAX), self.lr)
         self._observe(active, self._train_block(active))
         self.step_count[active] += self.config.update_freq
         self.log_lr_sum[active] += np.log(self.lr[active])
-        diverged = active & ~np.isfinite(self.obs).all(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reward = np.where(active, self._reward(previous_obs[:, 1], self.obs[:, 1]), 0.0)
-        if diverged.any():
-            reward = np.where(diverged, self._divergence_penalty(previous_obs[:, 1]), reward)
-            self.obs[diverged] = previous_obs[diverged]
-        truncated = active & ~diverged & (self.step_count >= self.config.num_train_steps)
-        terminated = diverged
-        self.episode_return += reward
-        self.lr_range = np.stack([np.minimum(self.lr_range[:, 0], self.lr), np.maximum(self.lr_range[:, 1], self.lr)], 1)
-        done = terminated | truncated
+        self.lr_range[active] = np.stack([np.minimum(self.lr_range[:, 0], self.lr),
+                                          np.maximum(self.lr_range[:, 1], self.lr)], 1)[active]
+
+    def _step_reward(self, active, diverged, previous_val_loss):
+        """The reward of every environment: 0 when inactive, the divergence penalty when diverged."""
+        with np.errstate(invalid="ignore", divide="ignore"):  # a diverged child's loss is not finite
+            reward = np.where(active, self._reward(previous_val_loss, self.obs[:, 1]), 0.0)
+        return np.where(diverged, self._divergence_penalty(previous_val_loss), reward)
+
+    def _end_episodes(self, done, diverged):
+        """Infos of every environment; ended episodes carry their summary and are reset (autoreset)
+        or stop training."""
         infos = [self._info(i, final=done[i], diverged=diverged[i]) for i in range(self.num_envs)]
         if done.any():
             if self.autoreset:
@@ -378,7 +205,7 @@ class VecALRSEnv:
                 self._reset_envs(done)
             else:
                 self.finished |= done
-        return self.obs.astype(np.float32), reward, terminated, truncated, infos
+        return infos
 
     def _reward(self, previous_val_loss, val_loss):
         """-L(t) (the reference), or log L(t-1) - log L(t), whose sum over an episode is
@@ -485,7 +312,7 @@ class VecALRSEnv:
         info = {"train_loss": float(self.obs[i, 0]), "val_loss": float(self.obs[i, 1]),
                 "lr": float(self.lr[i]), "step": int(self.step_count[i])}
         if final:
-            info.update(final_val_loss=float(self.obs[i, 1]) if not diverged else math.inf,
+            info.update(final_val_loss=float(self.obs[i, 1]) if not diverged else math.nan,
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
                         lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]),
                         initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]),

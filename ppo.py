@@ -1,8 +1,9 @@
 """PPO controller with the algorithm and defaults of stable-baselines PPO2, in plain PyTorch.
 
 Pieces: ``ActorCritic`` (separate 7-32-32 actor and critic MLPs), ``RunningMeanStd`` and
-``VecNormalizer`` (VecNormalize's observation and reward scaling), ``RolloutBuffer`` with GAE,
-and ``ppo_update`` (clipped surrogate, clipped value loss, entropy bonus, gradient clipping).
+``VecNormalizer`` (VecNormalize's observation and reward scaling) with ``NormalizedVecEnv`` (the
+wrapper that applies it to an environment), ``RolloutBuffer`` with GAE, ``ppo_update`` (clipped
+surrogate, clipped value loss, entropy bonus, gradient clipping), and the controller checkpoint.
 """
 from dataclasses import dataclass
 
@@ -133,6 +134,25 @@ class VecNormalizer:
         self.obs_rms.load_state_dict(state["obs_rms"])
         self.ret_rms.load_state_dict(state["ret_rms"])
         self.returns = state["returns"].numpy().copy()
+
+
+class NormalizedVecEnv:
+    """A vectorized environment seen through a VecNormalizer, as SB3's VecNormalize wraps one:
+    ``reset`` and ``step`` return normalized observations and rewards (updating the statistics while
+    ``normalizer.training``); infos, flags and ``final_observation`` stay raw."""
+
+    def __init__(self, venv, normalizer):
+        self.venv, self.normalizer = venv, normalizer
+        self.num_envs = venv.num_envs
+
+    def reset(self, **kwargs):
+        obs, infos = self.venv.reset(**kwargs)
+        return self.normalizer.observation(obs), infos
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, infos = self.venv.step(actions)
+        return (self.normalizer.observation(obs), self.normalizer.reward(reward, terminated | truncated),
+                terminated, truncated, infos)
 
 
 def compute_gae(rewards, values, dones, last_value, last_done, gamma, lam=GAE_LAMBDA):

@@ -18,25 +18,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from baselines import baseline_dir, best_of
+import flags
+from data import dataset_name, load_splits
 from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, run_episode
+from plots import plot_schedules
 from ppo import CHECKPOINT_FORMAT, ActorCritic, load_controller
+from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, checkpoint_path, find_run
 from schedules import Controller, StepDecay, stack
-from utils import (UNTRAINED_CHECKPOINT, UserError, dataset_name, find_run, json_floats, load_checkpoint, load_json, load_splits,
-                   parse_args, plot_schedules, read_jsonl, resolve_device, run_cli, save_json)
+from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
 CURVES = ("train_loss", "val_loss", "lr")
-
-
-def checkpoint_path(run_dir, name):
-    """checkpoints/best.pt, latest.pt or a named file; a missing one lists those that exist."""
-    folder = run_dir / "checkpoints"
-    path = folder / (name if name.endswith(".pt") else f"{name}.pt")
-    if not path.exists():
-        known = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
-        raise UserError(f"no checkpoint {path.name} in {folder}; there are: {', '.join(known) or 'none'}")
-    return path
 
 
 def load_baseline_runs(args):
@@ -72,7 +64,7 @@ def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
                          Controller(untrained, normalizer, action_range, action_param, lr,
                                     bool(args.test_deterministic))))
         for kind in ("step_decay", "constant"):
-            run = best_of([r for r in baseline_runs if math.isclose(r["initial_lr"], lr)], kind)
+            run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
                 suffix = "  (best overall)" if run["name"] in overall else ""
                 rows.append((f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}: {run['name']}{suffix}",
@@ -104,10 +96,8 @@ def paired_difference(a, b):
     return {"mean": float(diff.mean()), "sem": float(diff.std(ddof=1) / math.sqrt(len(diff))), "runs": len(diff)}
 
 
-def main():
-    args = parse_args()
-    if not args.test_id:
-        raise UserError("--test-id is required: the experiment id printed by train.py")
+def main(argv=None):
+    args = flags.parse_args("test", argv)
     run_dir = find_run(args.runs_dir, args.test_id)
     trained = load_json(run_dir / "args.json")
     state = load_checkpoint(checkpoint_path(run_dir, args.test_schedule), required=("format", "agent", "discrete"))

@@ -4,48 +4,36 @@
     python train.py --resume <experiment-id>
 
 Writes runs/<experiment-id>/: args.json, episodes.jsonl and updates.jsonl (metrics),
-checkpoints/{latest,best,step-*_val-*}.pt and progress.png.
+checkpoints/{latest,best,step-*}.pt and progress.png.
 """
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import flags
+from data import load_splits
 from environment import OBS_DIM, EnvConfig, VecALRSEnv
-from ppo import (DEFAULT_CLIP, ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer,
+from plots import plot_training
+from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, policy_statistics, ppo_update)
-from utils import (UNTRAINED_CHECKPOINT, UserError, append_jsonl, dataset_name, find_run, load_checkpoint, load_splits,
-                   parse_args, plot_training, read_jsonl, resolve_device, run_cli, save_checkpoint,
-                   save_json, atomic_write)
+from runs import (UNTRAINED_CHECKPOINT, find_run, load_training_state, new_run_dir, save_training_state)
+from utils import append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli, save_checkpoint
 
 NUM_PERIODIC_CHECKPOINTS = 10
 BEST_WINDOW = 16  # best.pt: the policy with the lowest mean final validation loss over this many episodes
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
-
-
-def new_run_dir(args):
-    kind = "discrete" if args.discrete else "continuous"
-    run_id = f"{dataset_name(args.dataset)}_{args.architecture}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.tb_suffix:
-        run_id += f"_{args.tb_suffix}"
-    run_dir = Path(args.runs_dir) / run_id
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(args.runs_dir) / f"{run_id}-{suffix}"
-    run_dir.mkdir(parents=True)
-    save_json(run_dir / "args.json", vars(args))
-    return run_dir
+EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean")
 
 
 def resumed_args(args):
-    """The saved arguments of the experiment named by --resume (its settings win over the flags)."""
+    """The saved settings of the experiment named by --resume (they win over the flags; settings
+    added since the run started take their defaults)."""
     run_dir = find_run(args.runs_dir, args.resume)
-    saved = json.loads((run_dir / "args.json").read_text())
+    saved = vars(flags.build_parser("train").parse_args([])) | load_json(run_dir / "args.json")
     saved.update(resume=args.resume, runs_dir=args.runs_dir, device=args.device)
     return type(args)(**saved), run_dir
 
@@ -56,71 +44,77 @@ def keep_records_before(path, update):
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
-def collect_rollout(envs, agent, normalizer, buffer, obs, done, on_step=None):
-    """Fill ``buffer`` with one rollout of the current policy from normalized ``obs``.
+def collect_rollout(envs, agent, buffer, obs, done, on_step=None):
+    """Fill ``buffer`` with one rollout of the current policy in ``envs`` (a NormalizedVecEnv).
 
-    ``done[i]`` says whether ``obs[i]`` starts an episode. Returns the next (obs, done) and
-    (step, env, info) of every episode that ended; ``on_step(infos)`` is called after each step
-    with the final infos of the episodes that ended in it.
+    ``obs`` are normalized, ``done[i]`` says whether ``obs[i]`` starts an episode. Returns the next
+    (obs, done) and (step, env, info) of every episode that ended; ``on_step(infos)`` is called
+    after each step with the final infos of the episodes that ended in it.
     """
     ended = []
     for step in range(buffer.num_steps):
         action, log_prob, value = agent.act(torch.as_tensor(obs))
-        raw_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
-        finished = terminated | truncated
-        buffer.add(obs, action, log_prob, value, normalizer.reward(reward, finished), done)
-        obs, done = normalizer.observation(raw_obs), finished
-        ended_now = [(step, int(i), infos[i]) for i in np.flatnonzero(finished)]
+        next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+        buffer.add(obs, action, log_prob, value, reward, done)
+        obs, done = next_obs, terminated | truncated
+        ended_now = [(step, int(i), infos[i]) for i in np.flatnonzero(done)]
         ended += ended_now
         if on_step:
             on_step([info for _, _, info in ended_now])
     return obs, done, ended
 
 
-def main():
-    args = parse_args()
+def episode_record(update, step, env, info, num_envs, num_steps, number):
+    """One line of episodes.jsonl (a diverged episode's final validation loss is null)."""
+    return {"update": update, "episode": number, "env": env, "timesteps": (update * num_steps + step + 1) * num_envs,
+            "return": info["episode_return"], "diverged": info["diverged"],
+            "final_val_loss": None if info["diverged"] else info["final_val_loss"],
+            **{key: info[key] for key in EPISODE_LR_KEYS}}
+
+
+def main(argv=None):
+    args = flags.parse_args("train", argv)
     args, run_dir = resumed_args(args) if args.resume else (args, None)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
+    print(f"loading {args.dataset} from {args.data_dir} ...", flush=True)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
     run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
-    print(f"experiment id: {run_dir.name}  ({run_dir})")
+    print(f"experiment id: {run_dir.name}  ({run_dir})", flush=True)
 
     num_envs, num_steps = args.num_envs, args.ppo2_update_freq
     seeds = [args.seed * TRAIN_SEED_OFFSET + i for i in range(num_envs)]
-    envs = VecALRSEnv(EnvConfig.from_args(args, lr_noise=True), splits, seeds, device)
+    raw_envs = VecALRSEnv(EnvConfig.from_args(args, lr_noise=True), splits, seeds, device)
     agent = ActorCritic(OBS_DIM, discrete=bool(args.discrete))
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
     clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
     normalizer = VecNormalizer(OBS_DIM, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
                                args.ppo2_gamma, clip)
-    controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
+    envs = NormalizedVecEnv(raw_envs, normalizer)
     config = PPOConfig(clip_range=args.ppo2_cliprange, ent_coef=args.ppo2_ent_coef,
                        num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
-    action_shape = () if args.discrete else (1,)
-    action_bounds = () if args.discrete else (envs.action_space.low, envs.action_space.high)
-    buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, action_shape)
+    action_bounds = () if args.discrete else (raw_envs.action_space.low, raw_envs.action_space.high)
+    buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, () if args.discrete else (1,))
     num_updates = args.ppo2_total_timesteps // (num_envs * num_steps)
     periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
     checkpoints = run_dir / "checkpoints"
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
+    controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
 
-    if args.resume and (checkpoints / "latest.pt").exists():
-        state = load_checkpoint(checkpoints / "latest.pt", required=("format", "env", "update", "device"))
-        if state["device"] != device.type:  # children are stacked for vmap on a GPU, separate on a CPU
-            raise UserError(f"{run_dir.name} was running on {state['device']}; resume it with --device {state['device']}")
+    state = load_training_state(run_dir, device.type) if args.resume else None
+    if state is not None:
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
         normalizer.load_state_dict(state["normalizer"])
-        envs.load_state_dict(state["env"])
+        raw_envs.load_state_dict(state["env"])
         torch.set_rng_state(state["torch_rng"])
         start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
         recent_finals = state["recent_finals"].tolist()
         obs, done = state["obs"].numpy(), state["done"].numpy()
         print(f"resuming at update {start_update}/{num_updates} ({start_update * num_envs * num_steps} steps)")
     else:
-        raw_obs, _ = envs.reset()
-        obs, done = normalizer.observation(raw_obs), np.zeros(num_envs, dtype=bool)
+        obs, _ = envs.reset()
+        done = np.zeros(num_envs, dtype=bool)
         start_update, num_episodes, best_val, recent_finals = 0, 0, float("inf"), []
         save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
     for path in (episodes_path, updates_path):
@@ -134,20 +128,14 @@ def main():
         if infos:
             progress.set_postfix(last_val_loss=f"{infos[-1]['final_val_loss']:.4f}")
 
+    update = start_update
     try:
         for update in range(start_update, num_updates):
             started = time.perf_counter()
-            obs, done, ended = collect_rollout(envs, agent, normalizer, buffer, obs, done, show_progress)
-            episodes = []
-            for step, env, info in ended:
-                num_episodes += 1
-                episodes.append({"update": update, "episode": num_episodes, "env": env,
-                                 "timesteps": (update * num_steps + step + 1) * num_envs,
-                                 "return": info["episode_return"], "diverged": info["diverged"],
-                                 "final_val_loss": None if info["diverged"] else info["final_val_loss"],
-                                 **{key: info[key] for key in ("lr_min", "lr_max", "initial_lr", "final_lr",
-                                                               "lr_geomean")}})
-
+            obs, done, ended = collect_rollout(envs, agent, buffer, obs, done, show_progress)
+            episodes = [episode_record(update, step, env, info, num_envs, num_steps, num_episodes + n + 1)
+                        for n, (step, env, info) in enumerate(ended)]
+            num_episodes += len(episodes)
             timesteps = (update + 1) * num_steps * num_envs
             finals = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
             mean_val = float(np.mean(finals)) if finals else None
@@ -168,12 +156,11 @@ def main():
                 append_jsonl(episodes_path, record)
             append_jsonl(updates_path, stats)
 
-            save_checkpoint(checkpoints / "latest.pt", {
-                **controller(), "optimizer": optimizer.state_dict(), "env": envs.state_dict(),
+            save_training_state(run_dir, {
+                **controller(), "optimizer": optimizer.state_dict(), "env": raw_envs.state_dict(),
                 "torch_rng": torch.get_rng_state(), "update": update + 1, "episodes": num_episodes,
                 "best_val_loss": best_val, "recent_finals": torch.as_tensor(recent_finals, dtype=torch.float64),
-                "obs": torch.as_tensor(obs), "done": torch.as_tensor(done),
-                "device": device.type,
+                "obs": torch.as_tensor(obs), "done": torch.as_tensor(done), "device": device.type,
                 "timesteps": timesteps})
             if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
                 name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
@@ -182,15 +169,15 @@ def main():
                               run_dir.name)
     except KeyboardInterrupt:
         progress.close()
-        print(f"stopped after update {update}; continue with: python train.py --resume {run_dir.name}",
-              file=sys.stderr)
+        print(f"stopped after update {update}; continue with: python train.py --resume {run_dir.name} "
+              f"--runs-dir {args.runs_dir}", file=sys.stderr)
         raise
     progress.close()
-    best = "none (no episode finished)" if best_val == float("inf") else f"{best_val:.4f}"
-    print(f"done: {num_episodes} episodes; best mean final validation loss {best}; "
+    best = f"none (fewer than {BEST_WINDOW} episodes)" if best_val == float("inf") else f"{best_val:.4f}"
+    print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes {best}; "
           f"checkpoints in {checkpoints}")
     print(f"evaluate with: python test.py --dataset {args.dataset} --architecture {args.architecture} "
-          f"--discrete {args.discrete} --test-id {run_dir.name}")
+          f"--test-id {run_dir.name} --runs-dir {args.runs_dir}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""The three scripts end to end through their real command lines, their errors, and resuming."""
+"""The scripts end to end through their command lines (``main(argv)`` in-process, as the shell runs
+it through run_cli), their errors, and resuming after SIGKILL and Ctrl-C (real subprocesses)."""
+import contextlib
+import importlib.util
+import io
 import json
 import re
 import signal
@@ -6,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import flags
 from conftest import ROOT, write_image_folder
-from utils import parse_args
+from utils import run_cli
 
 TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
         "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
@@ -19,9 +25,27 @@ TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "64", "--ppo2-n
 TINY_GRID = ["--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "--discount-factors", "0.5"]
 
 
+def load_script(script):
+    """A top-level script as a module (test.py by path: the standard library has a ``test`` package)."""
+    spec = importlib.util.spec_from_file_location(f"alrs_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPTS = {name: load_script(name) for name in ("train.py", "baselines.py", "test.py", "bench.py")}
+
+
 def run(script, *args, check=True):
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    """Run ``script`` with these arguments in this process, as ``python script args`` would (run_cli's
+    one-line errors and exit codes); returns returncode, stdout and stderr."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(SCRIPTS[script].main, [str(a) for a in args], prog=script)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    result = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -156,33 +180,49 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     assert experiment_id(out).startswith("shapes_mlp_continuous_")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset", "imagenet"], "choose from mnist, fa-mnist, cifar10"),
-    (["--architecture", "vgg"], "invalid choice: 'vgg'"),
-    (["--batch-size", "0"], "--batch-size: must be positive"),
-    (["--action-range", "1"], "--action-range: must be > 1"),
-    (["--num-train-steps", "20", "--update-freq", "7"], "must divide --num-train-steps"),
-    (["--test-id", "../other"], "is not a plain name"),
-    (["--resume", "a/b"], "is not a plain name"),
-    (["--discrete", "2"], "invalid choice: 2"),
-    (["--action-param", "exp"], "invalid choice: 'exp'"),
-    (["--reward", "accuracy"], "invalid choice: 'accuracy'"),
-    (["--norm-clip", "0"], "--norm-clip: must be positive"),
-    (["--test-deterministic", "2"], "invalid choice: 2"),
-    (["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
-    (["--ppo2-total-timesteps", "100"], "--ppo2-total-timesteps: less than one rollout"),
+@pytest.mark.parametrize("script, argv, message", [
+    ("train", ["--dataset", "imagenet"], "choose from mnist, fa-mnist, cifar10"),
+    ("baselines", ["--architecture", "vgg"], "invalid choice: 'vgg'"),
+    ("train", ["--batch-size", "0"], "--batch-size: must be positive"),
+    ("train", ["--action-range", "1"], "--action-range: must be > 1"),
+    ("baselines", ["--num-train-steps", "20", "--update-freq", "7"], "must divide --num-train-steps"),
+    ("test", ["--test-id", "../other"], "is not a plain name"),
+    ("test", [], "the following arguments are required: --test-id"),
+    ("train", ["--resume", "a/b"], "is not a plain name"),
+    ("train", ["--discrete", "2"], "invalid choice: 2"),
+    ("train", ["--action-param", "exp"], "invalid choice: 'exp'"),
+    ("train", ["--reward", "accuracy"], "invalid choice: 'accuracy'"),
+    ("train", ["--norm-clip", "0"], "--norm-clip: must be positive"),
+    ("test", ["--test-id", "x", "--test-deterministic", "2"], "invalid choice: 2"),
+    ("train", ["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
+    ("train", ["--ppo2-total-timesteps", "100"], "--ppo2-total-timesteps: less than one rollout"),
+    ("baselines", ["--discount-factors", "1.5"], "--discount-factors in (0, 1]"),
+    # each script takes only its own flags
+    ("train", ["--test-runs", "5"], "unrecognized arguments: --test-runs"),
+    ("baselines", ["--ppo2-lr", "0.1"], "unrecognized arguments: --ppo2-lr"),
+    ("test", ["--test-id", "x", "--initial-lrs", "0.1"], "unrecognized arguments: --initial-lrs"),
 ])
-def test_bad_flags_are_argparse_errors(argv, message, capsys):
+def test_bad_flags_are_argparse_errors(script, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_args(argv)
+        flags.parse_args(script, argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_each_script_help_lists_only_its_flags(capsys):
+    for script, present, absent in (("baselines", "--discount-steps", "--ppo2-lr"),
+                                    ("test", "--test-deterministic", "--initial-lrs"),
+                                    ("train", "--ppo2-cliprange", "--test-runs")):
+        with pytest.raises(SystemExit):
+            flags.parse_args(script, ["--help"])
+        help_text = capsys.readouterr().out
+        assert present in help_text and absent not in help_text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_cuda_without_gpu_is_an_error(capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--device", "cuda"])
+        flags.parse_args("train", ["--device", "cuda"])
     assert "cuda is not available" in capsys.readouterr().err
 
 

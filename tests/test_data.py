@@ -1,4 +1,4 @@
-"""Data loading (utils.load_splits) from tiny files in the real formats, and checkpoint/file I/O."""
+"""Data loading (data.load_splits) from tiny files in the real formats, and checkpoint/file I/O."""
 import os
 import pickle
 
@@ -8,7 +8,8 @@ import torch
 
 import utils
 from conftest import make_images, write_cifar, write_image_folder, write_mnist
-from utils import UserError, load_splits
+from data import load_splits
+from utils import UserError
 
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]

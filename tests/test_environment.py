@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from environment import (LR_MAX, LR_MIN, BatchedAdam, Box, Discrete, EnvConfig, ModuleChildren,
-                         VecALRSEnv, VmapChildren, apply_action, make_children, observation_features,
+from data import load_splits
+from children import BatchedAdam, ModuleChildren, VmapChildren, make_children
+from environment import (LR_MAX, LR_MIN, Discrete, EnvConfig, VecALRSEnv, apply_action, observation_features,
                          run_episode)
 from models import build_model, output_layer_name
 
@@ -23,7 +24,7 @@ SHORT = dict(update_freq=1, num_train_steps=3)  # one child step per block, for 
 
 @pytest.fixture(scope="module")
 def splits(mnist_dir):
-    return utils.load_splits("fa-mnist", mnist_dir, train_size=TRAIN_SIZE, val_size=VAL_SIZE)
+    return load_splits("fa-mnist", mnist_dir, train_size=TRAIN_SIZE, val_size=VAL_SIZE)
 
 
 def make_env(splits, seeds=(0,), backend="module", autoreset=True, **changes):

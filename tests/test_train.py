@@ -3,22 +3,23 @@ import numpy as np
 import torch
 
 from environment import EnvConfig, VecALRSEnv
-from ppo import ActorCritic, PPOConfig, RolloutBuffer, VecNormalizer, ppo_update
+from ppo import ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer, ppo_update
 from train import collect_rollout
-from utils import load_splits
+from data import load_splits
 
 
 def test_diverged_child_ends_its_episode_and_nothing_non_finite_enters_the_controller(mnist_dir):
     torch.manual_seed(0)
     splits = load_splits("fa-mnist", mnist_dir, train_size=200, val_size=50)
-    envs = VecALRSEnv(EnvConfig("mlp", batch_size=16, update_freq=3, num_train_steps=30), splits, [0, 1])
+    raw_envs = VecALRSEnv(EnvConfig("mlp", batch_size=16, update_freq=3, num_train_steps=30), splits, [0, 1])
     agent, normalizer = ActorCritic(), VecNormalizer(7, 2)
+    envs = NormalizedVecEnv(raw_envs, normalizer)
     buffer = RolloutBuffer(6, 2, 7, (1,))
-    obs, done = normalizer.observation(envs.reset()[0]), np.zeros(2, dtype=bool)
+    obs, done = envs.reset()[0], np.zeros(2, dtype=bool)
     with torch.no_grad():
-        envs.children.models[0].layers[1].weight.fill_(float("nan"))  # child 0 diverges at once
+        raw_envs.children.models[0].layers[1].weight.fill_(float("nan"))  # child 0 diverges at once
 
-    obs, done, ended = collect_rollout(envs, agent, normalizer, buffer, obs, done)
+    obs, done, ended = collect_rollout(envs, agent, buffer, obs, done)
 
     (step, env, info), = ended
     assert (step, env, info["diverged"]) == (0, 0, True)

@@ -1,0 +1,180 @@
+"""Datasets as uint8 tensors on the training device: MNIST, Fashion-MNIST, CIFAR-10 and image folders.
+
+Reads torchvision's on-disk layouts (raw or .gz IDX files, cifar-10-batches-py, ImageFolder trees)
+without network, splits off a fixed validation set, and keeps every split on the device so that
+batches are gathered by index.
+"""
+import gzip
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.transforms.functional import pil_to_tensor
+
+from utils import UserError
+
+DATASETS = ("mnist", "fa-mnist", "cifar10")
+SPLIT_SEED = 0  # the validation split is the same for every experiment, so results compare
+DEFAULT_VAL_SIZE = 10000
+
+
+def dataset_name(dataset):
+    """Short name of a dataset flag: the name itself, or the folder's name for an image folder."""
+    return dataset if dataset in DATASETS else Path(dataset).resolve().name
+
+
+
+@dataclass
+class Splits:
+    """Train/validation/test images as uint8 (N, C, H, W) tensors with int64 labels, on one device."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_channels(self):
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self):
+        return tuple(self.train_x.shape[2:])
+
+    def to(self, device):
+        return Splits(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y,
+                                                self.test_x, self.test_y)), self.num_classes)
+
+
+MNIST_FOLDERS = {"mnist": "MNIST", "fa-mnist": "FashionMNIST"}
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(raw_dir, name, reader):
+    """Read an IDX file with torchvision's reader, from ``name`` or, failing that, ``name.gz``."""
+    path = raw_dir / name
+    if path.exists():
+        return reader(str(path))
+    with gzip.open(raw_dir / f"{name}.gz", "rb") as compressed, tempfile.NamedTemporaryFile() as plain:
+        shutil.copyfileobj(compressed, plain)
+        plain.flush()
+        return reader(plain.name)
+
+
+def load_mnist_like(dataset, data_dir):
+    """Official train and test splits of MNIST / Fashion-MNIST from raw or .gz IDX files."""
+    raw_dir = Path(data_dir) / MNIST_FOLDERS[dataset] / "raw"
+    names = [n for pair in MNIST_FILES.values() for n in pair]
+    missing = [n for n in names if not (raw_dir / n).exists() and not (raw_dir / f"{n}.gz").exists()]
+    if missing:
+        raise UserError(f"{dataset} not found: put {', '.join(missing)} (raw or .gz) in {raw_dir}/ "
+                        f"(copy ../shared/data/{MNIST_FOLDERS[dataset]} into {data_dir}/, or pass --data-dir)")
+    splits = {}
+    for split, (images, labels) in MNIST_FILES.items():
+        x = _read_idx(raw_dir, images, read_image_file).unsqueeze(1)
+        y = _read_idx(raw_dir, labels, read_label_file).long()
+        splits[split] = (x, y)
+    return splits["train"], splits["test"], 10
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches (dicts of numpy arrays and lists) and refuses any other object."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path):
+    with open(path, "rb") as f:
+        batch = _ArrayUnpickler(f, encoding="latin1").load()
+    x = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+    return x, torch.tensor(batch["labels"], dtype=torch.long)
+
+
+def load_cifar10(data_dir):
+    """Official CIFAR-10 train (data_batch_1..5) and test (test_batch) splits, python format."""
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing:
+        raise UserError(f"cifar10 not found: put {', '.join(missing)} in {folder}/ "
+                        "(unpack cifar-10-python.tar.gz there, or pass --data-dir)")
+    try:
+        train = [_read_cifar_batch(folder / n) for n in names[:-1]]
+        test = _read_cifar_batch(folder / names[-1])
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
+        raise UserError(f"{folder} holds a file that is not a CIFAR-10 batch: {error}") from error
+    return (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])), test, 10
+
+
+def _read_image_folder(root, mode):
+    folder = ImageFolder(root, loader=lambda path: _open_image(path, mode))
+    images = [pil_to_tensor(image) for image, _ in folder]
+    if len({tuple(x.shape) for x in images}) != 1:
+        raise UserError(f"images under {root} differ in size; resize them to one size first")
+    return torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), folder.classes
+
+
+def _image_mode(path):
+    from PIL import Image
+    with Image.open(path) as image:
+        return image.mode
+
+
+def _open_image(path, mode):
+    from PIL import Image
+    with Image.open(path) as image:
+        return image.convert(mode)
+
+
+def load_image_folder(path):
+    """train/<class>/* and test/<class>/* images; grayscale if every training image is, else RGB."""
+    root = Path(path)
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise UserError(f"{root} must hold train/<class>/* and test/<class>/* image folders")
+    try:
+        probe = ImageFolder(root / "train")
+        grayscale = all(_image_mode(p) in ("1", "L", "I;16", "I") for p, _ in probe.samples[:100])
+        mode = "L" if grayscale else "RGB"
+        train_x, train_y, classes = _read_image_folder(root / "train", mode)
+        test_x, test_y, test_classes = _read_image_folder(root / "test", mode)
+    except (FileNotFoundError, OSError) as error:
+        raise UserError(f"cannot read images under {root}: {error}") from error
+    if test_classes != classes:
+        raise UserError(f"{root}/test has classes {test_classes}, train has {classes}")
+    return (train_x, train_y), (test_x, test_y), len(classes)
+
+
+def load_splits(dataset, data_dir, train_size=None, val_size=DEFAULT_VAL_SIZE, device="cpu"):
+    """The train/validation/test splits of a dataset as uint8 tensors on ``device``.
+
+    The validation split is a fixed random subset (seed SPLIT_SEED) of the official training set;
+    the training split is the rest, or its first ``train_size`` samples.
+    """
+    if dataset in MNIST_FOLDERS:
+        (x, y), (test_x, test_y), num_classes = load_mnist_like(dataset, data_dir)
+    elif dataset == "cifar10":
+        (x, y), (test_x, test_y), num_classes = load_cifar10(data_dir)
+    else:
+        (x, y), (test_x, test_y), num_classes = load_image_folder(dataset)
+    available = len(x) - val_size
+    if available <= 0 or (train_size or 0) > available:
+        raise UserError(f"{dataset_name(dataset)} has {len(x)} training images: too few for "
+                        f"--val-size {val_size} and --train-size {train_size}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = order[:val_size], order[val_size:val_size + (train_size or available)]
+    return Splits(x[train_idx], y[train_idx], x[val_idx], y[val_idx], test_x, test_y,
+                  num_classes).to(device)

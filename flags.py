@@ -1,0 +1,155 @@
+"""Command-line flags: the reference's names and defaults, in groups defined once; each script parses
+only the groups it uses, so a flag another script reads is an error, not silently ignored."""
+import argparse
+from pathlib import Path
+
+import torch
+
+from data import DATASETS, DEFAULT_VAL_SIZE
+from environment import ACTION_PARAMS, REWARDS, EnvConfig
+from models import ARCHITECTURES
+from runs import DEFAULT_SEED, RUN_ID_PATTERN
+
+DEFAULTS = EnvConfig()  # the environment's defaults are the flags' defaults
+
+
+def add_setting_flags(p):
+    """What defines the children and their data: every script."""
+    g = p.add_argument_group("child training setting")
+    g.add_argument("--dataset", default="fa-mnist",
+                   help=f"one of {', '.join(DATASETS)}, or a folder with train/<class>/* and test/<class>/* images")
+    g.add_argument("--architecture", default=DEFAULTS.architecture, choices=ARCHITECTURES, help="child network")
+    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="child training batch size")
+    g.add_argument("--update-freq", type=int, default=DEFAULTS.update_freq, help="child steps between actions")
+    g.add_argument("--num-train-steps", type=int, default=DEFAULTS.num_train_steps, help="child steps per episode")
+    g.add_argument("--initial-lr", type=float, default=DEFAULTS.initial_lr,
+                   help="child's initial learning rate; 0 draws one of 1e-2, 1e-3, 1e-4 per episode")
+    g.add_argument("--num-envs", type=int, default=4, help="environments (children) trained together")
+    g.add_argument("--data-dir", default="data", help="folder holding the datasets (torchvision layout)")
+    g.add_argument("--train-size", type=int, default=None,
+                   help="training samples (default: the train split minus the validation split)")
+    g.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="validation samples")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where children train")
+    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    g.add_argument("--runs-dir", default="runs", help="folder of experiments and baseline results")
+
+
+def add_controller_flags(p):
+    """The controller and its PPO training: train.py."""
+    g = p.add_argument_group("actions")
+    g.add_argument("--discrete", type=int, default=0, choices=(0, 1),
+                   help="1: actions multiply/divide/keep the lr; 0: a continuous scale factor")
+    g.add_argument("--action-range", type=float, default=DEFAULTS.action_range,
+                   help="largest factor one action applies")
+    g.add_argument("--action-param", default=DEFAULTS.action_param, choices=ACTION_PARAMS,
+                   help="continuous action a -> factor: clip(a, 1/range, range) (reference) or range**clip(a, -1, 1)")
+    g.add_argument("--reward", default=DEFAULTS.reward, choices=REWARDS,
+                   help="per step: -L(t) (reference) or log L(t-1) - log L(t)")
+    g = p.add_argument_group("PPO")
+    g.add_argument("--ppo2-gamma", type=float, default=1.0, help="discount factor")
+    g.add_argument("--ppo2-update-freq", type=int, default=100, help="rollout length per environment")
+    g.add_argument("--ppo2-ent-coef", type=float, default=0.1, help="entropy coefficient")
+    g.add_argument("--ppo2-lr", type=float, default=3e-3, help="controller Adam learning rate")
+    g.add_argument("--ppo2-total-timesteps", type=int, default=50000, help="controller steps over all envs")
+    g.add_argument("--ppo2-nminibatches", type=int, default=4, help="minibatches per PPO epoch")
+    g.add_argument("--ppo2-noptepochs", type=int, default=4, help="PPO epochs per rollout")
+    g.add_argument("--ppo2-cliprange", type=float, default=10.0,
+                   help="PPO clip range (<= 0: no clipping), also the observation/reward clip unless --norm-clip")
+    g.add_argument("--ppo2-norm-obs", type=int, default=1, choices=(0, 1), help="normalize observations")
+    g.add_argument("--ppo2-norm-reward", type=int, default=1, choices=(0, 1), help="normalize rewards")
+    g.add_argument("--norm-clip", type=float, default=None,
+                   help="clip of normalized observations and rewards (default: --ppo2-cliprange if > 0, else 10)")
+    g = p.add_argument_group("experiment")
+    g.add_argument("--tb-suffix", default="", help="suffix appended to the experiment id")
+    g.add_argument("--resume", default=None, metavar="ID", help="continue experiment ID with its saved settings")
+
+
+def add_baseline_flags(p):
+    """The step-decay grid: baselines.py."""
+    g = p.add_argument_group("step-decay grid")
+    g.add_argument("--initial-lrs", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3, 1e-4],
+                   help="initial learning rates")
+    g.add_argument("--discount-steps", type=int, nargs="+", default=[10, 20, 50, 100], help="steps between decays")
+    g.add_argument("--discount-factors", type=float, nargs="+", default=[0.99, 0.9, 0.88], help="decay factors")
+
+
+def add_test_flags(p):
+    """Which controller, which checkpoint, how many seeds, which action mode: test.py."""
+    g = p.add_argument_group("test")
+    g.add_argument("--test-id", required=True, help="experiment id of the controller (printed by train.py)")
+    g.add_argument("--test-schedule", default="best",
+                   help="checkpoint to evaluate: best, latest, or a file name in checkpoints/")
+    g.add_argument("--test-runs", type=int, default=10, help="seeds")
+    g.add_argument("--test-deterministic", type=int, default=1, choices=(0, 1),
+                   help="1 acts with the policy's mode, 0 samples actions (as the reference)")
+
+
+SCRIPTS = {
+    "train": ("Train a PPO controller that sets a child network's learning rate (arXiv:1909.09712).",
+              (add_setting_flags, add_controller_flags)),
+    "baselines": ("Sweep the step-decay baseline grid (and constant rates) for one dataset and child.",
+                  (add_setting_flags, add_baseline_flags)),
+    "test": ("Evaluate a learned schedule against its untrained controller and the best baselines.",
+             (add_setting_flags, add_test_flags)),
+}
+
+
+def build_parser(script):
+    description, groups = SCRIPTS[script]
+    parser = argparse.ArgumentParser(prog=f"{script}.py", description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in groups:
+        add(parser)
+    return parser
+
+
+def parse_args(script, argv=None):
+    """Parse and check ``script``'s flags; a wrong value exits with an argparse error naming what is valid."""
+    parser = build_parser(script)
+    args = parser.parse_args(argv)
+    check(parser, args)
+    return args
+
+
+def check(parser, args):
+    """Checks argparse cannot express; only those of the flags this script has."""
+    has = lambda name: hasattr(args, name)
+    if args.dataset not in DATASETS and not Path(args.dataset).is_dir():
+        parser.error(f"argument --dataset: invalid choice: {args.dataset!r} "
+                     f"(choose from {', '.join(DATASETS)}, or an existing image folder)")
+    positive = ("batch_size", "update_freq", "num_train_steps", "num_envs", "val_size", "train_size", "test_runs",
+                "ppo2_update_freq", "ppo2_total_timesteps", "ppo2_nminibatches", "ppo2_noptepochs", "norm_clip")
+    for name in filter(has, positive):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {value}")
+    if args.num_train_steps % args.update_freq or args.num_train_steps < 2 * args.update_freq:
+        parser.error(f"argument --update-freq: must divide --num-train-steps ({args.num_train_steps}) "
+                     f"at least twice, got {args.update_freq}")
+    if args.initial_lr < 0:
+        parser.error("argument --initial-lr: must be positive, or 0 (drawn per episode)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda is not available on this machine (use cpu or auto)")
+    for name in filter(has, ("test_id", "resume", "tb_suffix")):
+        value = getattr(args, name)
+        if value and not RUN_ID_PATTERN.fullmatch(value):
+            parser.error(f"argument --{name.replace('_', '-')}: {value!r} is not a plain name "
+                         "(letters, digits, '.', '_', '-'; no paths)")
+    if has("action_range") and args.action_range <= 1:
+        parser.error(f"argument --action-range: must be > 1, got {args.action_range}")
+    if has("ppo2_lr"):
+        if args.ppo2_lr <= 0:
+            parser.error(f"argument --ppo2-lr: must be positive, got {args.ppo2_lr}")
+        if not 0 <= args.ppo2_gamma <= 1:
+            parser.error(f"argument --ppo2-gamma: must be in [0, 1], got {args.ppo2_gamma}")
+        rollout = args.num_envs * args.ppo2_update_freq
+        if args.ppo2_total_timesteps < rollout:
+            parser.error(f"argument --ppo2-total-timesteps: less than one rollout "
+                         f"(--num-envs x --ppo2-update-freq = {rollout})")
+        if rollout % args.ppo2_nminibatches:
+            parser.error(f"argument --ppo2-nminibatches: must divide --num-envs x --ppo2-update-freq ({rollout})")
+    if has("initial_lrs"):
+        if any(lr <= 0 for lr in args.initial_lrs):
+            parser.error("argument --initial-lrs: learning rates must be positive")
+        if any(s <= 0 for s in args.discount_steps) or any(not 0 < f <= 1 for f in args.discount_factors):
+            parser.error("--discount-steps must be positive and --discount-factors in (0, 1]")
