@@ -3,6 +3,9 @@ import numpy as np
 
 from utils import atomic_write
 
+DISCRETE_ACTIONS = {"action_0_frequency": "0: multiply by range", "action_1_frequency": "1: divide by range",
+                    "action_2_frequency": "2: keep"}
+
 
 def _pyplot():
     import matplotlib
@@ -38,25 +41,68 @@ def plot_schedules(curves, path, title):
     plt.close(fig)
 
 
-def plot_training(episodes, updates, path, title):
-    """Training progress of a controller: episode final validation loss, PPO losses, KL/clip."""
+def running_mean(values, window):
+    """Mean of the last ``window`` values at each point (fewer at the start), NaNs skipped."""
+    values = np.asarray(values, dtype=float)
+    out = np.full(len(values), np.nan)
+    for i in range(len(values)):
+        recent = values[max(0, i - window + 1):i + 1]
+        if np.isfinite(recent).any():
+            out[i] = np.nanmean(recent)
+    return out
+
+
+def plot_training(episodes, updates, path, title, window=16):
+    """A controller's training progress, one quantity per panel: per episode its final validation
+    loss (with a running mean over ``window`` episodes), learning rates and return; per PPO update
+    what the policy did (Gaussian mean and std, and where its samples fell, or the discrete action
+    frequencies) and PPO's statistics."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    if episodes:
-        axes[0].plot([e["timesteps"] for e in episodes], [e["final_val_loss"] for e in episodes], ".", alpha=0.5)
-        axes[0].set_yscale("log")
-    axes[0].set(xlabel="controller steps", ylabel="final validation loss of each episode")
-    for key in ("policy_loss", "value_loss", "entropy"):
-        axes[1].plot([u["timesteps"] for u in updates], [u[key] for u in updates], label=key)
-    axes[1].set(xlabel="controller steps", ylabel="PPO loss")
-    axes[1].legend()
-    for key in ("approx_kl", "clip_fraction", "explained_variance"):
-        axes[2].plot([u["timesteps"] for u in updates], [u[key] for u in updates], label=key)
-    axes[2].set(xlabel="controller steps")
-    axes[2].legend()
-    for ax in axes:
+    fig, axes = plt.subplots(3, 4, figsize=(20, 11))
+    steps = [e["timesteps"] for e in episodes]
+    final = [np.nan if e["final_val_loss"] is None else e["final_val_loss"] for e in episodes]
+    ax = axes[0, 0]
+    ax.plot(steps, final, ".", alpha=0.4, label="episode")
+    ax.plot(steps, running_mean(final, window), label=f"running mean of {window}")
+    ax.set(yscale="log", ylabel="final validation loss (lower is better)")
+    ax.legend()
+    ax = axes[0, 1]
+    for key, label in (("initial_lr", "initial"), ("lr_geomean", "geometric mean"), ("final_lr", "final")):
+        ax.plot(steps, [e.get(key, np.nan) for e in episodes], ".", alpha=0.5, label=label)
+    ax.set(yscale="log", ylabel="learning rate of the episode")
+    ax.legend()
+    axes[0, 2].plot(steps, [e["return"] for e in episodes], ".", alpha=0.5)
+    axes[0, 2].set(ylabel="episode return")
+
+    at = [u["timesteps"] for u in updates]
+    series = lambda key: [u.get(key, np.nan) for u in updates]
+    ax = axes[0, 3]
+    if updates and "policy_mean" in updates[0]:
+        ax.plot(at, series("policy_mean"), label="mean of the Gaussian (over the rollout)")
+        ax.plot(at, series("policy_std"), label="std of the Gaussian")
+        ax.set(ylabel="policy")
+        ax = axes[1, 0]
+        for key in ("action_below", "action_inside", "action_above"):
+            ax.plot(at, series(key), label=key.replace("action_", "sampled actions "))
+        ax.set(ylabel="fraction of sampled actions", ylim=(0, 1))
+        ax.legend()
+    else:
+        for key in sorted(k for k in (updates[0] if updates else {}) if k.endswith("_frequency")):
+            ax.plot(at, series(key), label=DISCRETE_ACTIONS[key])
+        ax.set(ylabel="action frequency", ylim=(0, 1))
+        axes[1, 0].axis("off")
+    ax.legend()
+    for ax, key, label in ((axes[1, 1], "policy_loss", "policy loss"), (axes[1, 2], "value_loss", "value loss"),
+                           (axes[1, 3], "entropy", "policy entropy"), (axes[2, 0], "approx_kl", "approx KL"),
+                           (axes[2, 1], "clip_fraction", "clip fraction"),
+                           (axes[2, 2], "explained_variance", "explained variance of the critic"),
+                           (axes[2, 3], "steps_per_second", "controller steps per second")):
+        ax.plot(at, series(key))
+        ax.set(ylabel=label)
+    for ax in axes.flat:
+        ax.set_xlabel("controller steps")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)

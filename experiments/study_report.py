@@ -11,6 +11,7 @@ and results.md (the 10-seed test tables, deterministic and sampled).
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +19,9 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from plots import running_mean  # noqa: E402
 
 STARTS = (1e-2, 1e-3, 1e-4)
 WINDOW = 10  # updates in the running mean
@@ -30,11 +34,6 @@ def jsonl(path):
 def nearest_start(lr):
     """The rate an episode was drawn from (its initial rate carries 10% noise)."""
     return min(STARTS, key=lambda s: abs(math.log(lr / s)))
-
-
-def running_mean(values, window=WINDOW):
-    values = np.asarray(values, dtype=float)
-    return np.array([np.nanmean(values[max(0, i - window + 1):i + 1]) for i in range(len(values))])
 
 
 def per_update(episodes, num_updates, key="final_val_loss", start=None):
@@ -86,7 +85,7 @@ def plot_learning_curves(arms, path):
     for arm, data in arms.items():
         curve = per_update(data["episodes"], len(data["updates"]))
         line, = ax.plot(curve, ".", alpha=0.3)
-        ax.plot(running_mean(curve), color=line.get_color(), label=f"{arm}: {describe(data['args'])}")
+        ax.plot(running_mean(curve, WINDOW), color=line.get_color(), label=f"{arm}: {describe(data['args'])}")
     ax.set(xlabel="PPO update", ylabel="mean final validation loss of the update's episodes",
            title=f"Training episodes (dots) and running mean over {WINDOW} updates; lower is better")
     ax.grid(alpha=0.3)
@@ -101,8 +100,8 @@ def plot_by_initial_lr(arms, path):
     for column, start in enumerate(STARTS):
         for arm, data in arms.items():
             n = len(data["updates"])
-            axes[0, column].plot(running_mean(per_update(data["episodes"], n, start=start)), label=arm)
-            axes[1, column].plot(running_mean(per_update(data["episodes"], n, "lr_geomean", start)), label=arm)
+            axes[0, column].plot(running_mean(per_update(data["episodes"], n, start=start), WINDOW), label=arm)
+            axes[1, column].plot(running_mean(per_update(data["episodes"], n, "lr_geomean", start), WINDOW), label=arm)
         axes[0, column].set(title=f"episodes starting at lr {start:g}", ylabel="final validation loss")
         axes[1, column].set(xlabel="PPO update", ylabel="geometric-mean learning rate of the episode",
                             yscale="log")

@@ -38,11 +38,12 @@ def test_mlp_structure(channels, size, classes):
     assert kinds == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
 
 
-@pytest.mark.parametrize("channels,size,classes", SHAPES)
-def test_lenet5_structure(channels, size, classes):
+# side of the last conv's output, by hand: 28 padded to 32 -> 28 -> 14 -> 10 -> 5 -> 1;
+# 32 -> 28 -> 14 -> 10 -> 5 -> 1; 40 -> 36 -> 18 -> 14 -> 7 -> 3; 64 -> 60 -> 30 -> 26 -> 13 -> 9
+@pytest.mark.parametrize("channels,size,classes,padding,side",
+                         [(1, 28, 10, 2, 1), (3, 32, 10, 0, 1), (3, 40, 3, 0, 3), (1, 64, 5, 0, 9)])
+def test_lenet5_structure(channels, size, classes, padding, side):
     model = build("cnn", channels, size, classes)
-    padding = 2 if size == 28 else 0
-    side = ((size + 2 * padding - 4) // 2 - 4) // 2 - 4  # after conv5, pool2, conv5, pool2, conv5
     described = []
     for m in leaves(model):
         if isinstance(m, nn.Conv2d):
