@@ -17,9 +17,9 @@ import flags
 from data import load_splits
 from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
 from plots import plot_schedules
-from runs import baseline_dir, best_of
+from runs import baseline_dir, best_of, check_writable
 from schedules import StepDecay, stack
-from utils import append_jsonl, json_floats, read_jsonl, resolve_device, run_cli, save_json
+from utils import append_jsonl, drop_torn_last_line, json_floats, read_jsonl, resolve_device, run_cli, save_json
 
 
 def grid(args):
@@ -46,8 +46,9 @@ def run_schedules(runs, config, splits, seed, device):
 def main(argv=None):
     args = flags.parse_args("baselines", argv)
     out = baseline_dir(args)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     results_path = out / "results.jsonl"
+    drop_torn_last_line(results_path)
     done = {r["name"] for r in read_jsonl(results_path)}
     todo = [run for run in grid(args) if run["name"] not in done]
     print(f"baselines of {out.name}: {len(done)} runs finished, {len(todo)} to go  ({out})")
@@ -66,6 +67,7 @@ def main(argv=None):
             "step_decay": best_of(results, "step_decay"), "constant": best_of(results, "constant")}
     save_json(out / "best.json", best)
     table = sorted((r for r in results if r["final_val_loss"] is not None), key=lambda r: r["final_val_loss"])
+    print(f"top {min(5, len(table))} of {len(table)} finished runs by final validation loss (lower is better):")
     for r in table[:5]:
         print(f"  {r['name']:<32} final val loss {r['final_val_loss']:.4f}  log {math.log(r['final_val_loss']):+.4f}")
     diverged = [r["name"] for r in results if r["diverged"]]

@@ -22,9 +22,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import ToTensor
 
-from environment import EnvConfig, VecALRSEnv, to_float
-from models import build_model
+from children import to_float
 from data import Splits
+from environment import EnvConfig, VecALRSEnv
+from flags import ArgumentParser
+from models import build_model
 from utils import atomic_write
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet": (3, 32, 32)}
@@ -133,7 +135,7 @@ def time_train_only(child, splits, steps, batch_size, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--children", default="mlp,cnn,resnet", help="comma-separated: mlp, cnn, resnet")

@@ -6,7 +6,9 @@ batches are gathered by index.
 """
 import gzip
 import pickle
+import re
 import shutil
+import zlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,11 @@ DEFAULT_VAL_SIZE = 10000
 
 
 def dataset_name(dataset):
-    """Short name of a dataset flag: the name itself, or the folder's name for an image folder."""
-    return dataset if dataset in DATASETS else Path(dataset).resolve().name
+    """Short name of a dataset flag for ids and folders: the name itself, or a safe slug of an image
+    folder's name (letters, digits, '.', '_', '-'; anything else becomes '-')."""
+    if dataset in DATASETS:
+        return dataset
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(dataset).resolve().name).strip("-.") or "images"
 
 
 
@@ -60,14 +65,18 @@ MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def _read_idx(raw_dir, name, reader):
-    """Read an IDX file with torchvision's reader, from ``name`` or, failing that, ``name.gz``."""
-    path = raw_dir / name
-    if path.exists():
-        return reader(str(path))
-    with gzip.open(raw_dir / f"{name}.gz", "rb") as compressed, tempfile.NamedTemporaryFile() as plain:
-        shutil.copyfileobj(compressed, plain)
-        plain.flush()
-        return reader(plain.name)
+    """Read an IDX file with torchvision's reader, from ``name`` or, failing that, ``name.gz``;
+    a damaged file (truncated archive, wrong header) is a UserError naming it."""
+    path = raw_dir / name if (raw_dir / name).exists() else raw_dir / f"{name}.gz"
+    try:
+        if path.suffix != ".gz":
+            return reader(str(path))
+        with gzip.open(path, "rb") as compressed, tempfile.NamedTemporaryFile() as plain:
+            shutil.copyfileobj(compressed, plain)
+            plain.flush()
+            return reader(plain.name)
+    except (EOFError, OSError, zlib.error, AssertionError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path} is damaged ({type(error).__name__}: {error}); replace it with a fresh copy") from None
 
 
 def load_mnist_like(dataset, data_dir):
@@ -147,6 +156,8 @@ def load_image_folder(path):
         raise UserError(f"{root} must hold train/<class>/* and test/<class>/* image folders")
     try:
         probe = ImageFolder(root / "train")
+        if len(probe.classes) < 2:
+            raise UserError(f"{root}/train has {len(probe.classes)} class folder(s); classification needs at least 2")
         grayscale = all(_image_mode(p) in ("1", "L", "I;16", "I") for p, _ in probe.samples[:100])
         mode = "L" if grayscale else "RGB"
         train_x, train_y, classes = _read_image_folder(root / "train", mode)

@@ -1,6 +1,7 @@
 """Command-line flags: the reference's names and defaults, in groups defined once; each script parses
 only the groups it uses, so a flag another script reads is an error, not silently ignored."""
 import argparse
+import shlex
 from pathlib import Path
 
 import torch
@@ -11,6 +12,15 @@ from models import ARCHITECTURES
 from runs import DEFAULT_SEED, RUN_ID_PATTERN
 
 DEFAULTS = EnvConfig()  # the environment's defaults are the flags' defaults
+SETTING = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "train_size", "val_size",
+           "seed", "data_dir", "runs_dir")  # what names a baseline setting, and where its files are
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, the message and where help is, not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_setting_flags(p):
@@ -96,8 +106,8 @@ SCRIPTS = {
 
 def build_parser(script):
     description, groups = SCRIPTS[script]
-    parser = argparse.ArgumentParser(prog=f"{script}.py", description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(prog=f"{script}.py", description=description,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in groups:
         add(parser)
     return parser
@@ -109,6 +119,25 @@ def parse_args(script, argv=None):
     args = parser.parse_args(argv)
     check(parser, args)
     return args
+
+
+def command_line(script, values):
+    """``python <script>.py --flag value ...`` for a dict of flag values (None left out), shell-quoted,
+    so a printed hint works when pasted."""
+    words = ["python", f"{script}.py"]
+    for name, value in values.items():
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    return shlex.join(words)
+
+
+def explicit_flags(script, argv=None):
+    """The names (dests) of the flags given on the command line, as opposed to left at their defaults."""
+    parser = build_parser(script)
+    unset = object()
+    names = vars(parser.parse_args(argv)).keys()
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {name for name, value in vars(given).items() if value is not unset}
 
 
 def check(parser, args):
@@ -124,8 +153,8 @@ def check(parser, args):
         if value is not None and value <= 0:
             parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {value}")
     if args.num_train_steps % args.update_freq or args.num_train_steps < 2 * args.update_freq:
-        parser.error(f"argument --update-freq: must divide --num-train-steps ({args.num_train_steps}) "
-                     f"at least twice, got {args.update_freq}")
+        parser.error(f"argument --num-train-steps: must be a multiple of --update-freq ({args.update_freq}), "
+                     f"at least twice it, got {args.num_train_steps}")
     if args.initial_lr < 0:
         parser.error("argument --initial-lr: must be positive, or 0 (drawn per episode)")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -14,29 +14,52 @@ def _pyplot():
     return plt
 
 
+def readable_log_axis(ax):
+    """Label minor ticks too when a log axis spans less than about a decade (else it shows one label
+    or none)."""
+    from matplotlib.ticker import FuncFormatter
+    low, high = ax.get_ylim()
+    if low > 0 and high / low < 20:
+        label = FuncFormatter(lambda value, _: f"{value:.3g}")
+        ax.yaxis.set_major_formatter(label)
+        ax.yaxis.set_minor_formatter(label)
+
+
 def plot_schedules(curves, path, title):
     """Three panels against child steps: log training loss, log validation loss, learning rate.
 
     ``curves`` maps a method name to a dict with lists ``step``, ``train_loss``, ``val_loss``, ``lr``
-    (one run), or to such lists stacked over runs (drawn as mean with a min-max band).
+    (one run), or to such lists stacked over runs (drawn as their mean with a shaded min-max band).
+    The value at step t is the one observed after the block that ends at t (step 0: the fresh child),
+    so the learning rate is drawn as a step that holds over the block before t.
     """
+    from matplotlib.patches import Patch
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    banded = False
     for name, curve in curves.items():
         step = np.asarray(curve["step"])
         for ax, key in zip(axes, ("train_loss", "val_loss", "lr")):
             values = np.atleast_2d(np.asarray(curve[key], dtype=float))
-            line, = ax.plot(step, values.mean(0), label=name)
+            style = "steps-pre" if key == "lr" else "default"
+            line, = ax.plot(step, values.mean(0), label=name, drawstyle=style)
             if len(values) > 1:
-                ax.fill_between(step, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    for ax, label in zip(axes, ("training loss", "validation loss", "learning rate")):
+                banded = True
+                ax.fill_between(step, values.min(0), values.max(0), color=line.get_color(), alpha=0.15,
+                                step="pre" if key == "lr" else None)
+    for ax, label in zip(axes, ("training loss (mean of the block)", "validation loss", "learning rate")):
         ax.set_yscale("log")
         ax.set_xlabel("child training step")
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+        ax.grid(alpha=0.3, which="both")
+        readable_log_axis(ax)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if banded:
+        handles.append(Patch(color="gray", alpha=0.3))
+        labels.append("shaded: min-max over the seeds")
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(labels) + 2) // 3), 1, 1))
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 

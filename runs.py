@@ -1,5 +1,6 @@
 """The runs/ folder: experiment ids and folders, checkpoint files, the training state, baseline folders."""
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -30,6 +31,18 @@ def new_run_dir(args):
     run_dir.mkdir(parents=True)
     save_json(run_dir / "args.json", vars(args))
     return run_dir
+
+
+def check_writable(folder):
+    """Create ``folder`` and write a file in it, before any work; a UserError says why it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to {folder}: {error.strerror or error}") from None
 
 
 def list_runs(runs_dir):

@@ -1,6 +1,7 @@
 """Evaluate a learned schedule against its untrained controller and the best baselines.
 
-    python test.py --dataset fa-mnist --architecture cnn --test-id <experiment-id>
+    python test.py --test-id <experiment-id>
+    python test.py --test-id <experiment-id> --dataset mnist --architecture mlp   # transfer
 
 For each of --test-runs seeds, every row trains a child from the same initialization on the same
 batches: the learned controller (the --test-schedule checkpoint, acting with its policy's mode, or
@@ -13,6 +14,7 @@ differences; writes results.json and schedules*.png under
 runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode>/.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,58 +25,92 @@ from data import dataset_name, load_splits
 from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, run_episode
 from plots import plot_schedules
 from ppo import CHECKPOINT_FORMAT, ActorCritic, load_controller
-from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, checkpoint_path, find_run
+from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
 from schedules import Controller, StepDecay, stack
 from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
 CURVES = ("train_loss", "val_loss", "lr")
+INHERITED = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "initial_lr", "data_dir",
+             "train_size", "val_size")  # taken from the trained run unless given
 
 
 def load_baseline_runs(args):
     """Every finished run of baselines.py for this setting, and its best.json."""
     folder = baseline_dir(args)
     if not (folder / "best.json").exists():
-        raise UserError(f"no baseline results at {folder}; run first: python baselines.py --dataset {args.dataset} "
-                        f"--architecture {args.architecture} (with the same --num-train-steps, --batch-size, ...)")
+        raise UserError(f"no baseline results at {folder}; run first: "
+                        + flags.command_line("baselines", {name: getattr(args, name) for name in flags.SETTING}))
     best = load_json(folder / "best.json")
     if not best["step_decay"] or not best["constant"]:
         raise UserError(f"{folder / 'best.json'} has no finished step-decay or constant run (all diverged?)")
     return read_jsonl(folder / "results.jsonl"), best
 
 
-def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
-    """The rows of the table: (key, label, start lr or None for the overall best, schedule)."""
+@dataclass
+class Row:
+    """One row of the table: a schedule, the rate it starts from (None: the best baseline overall)
+    and what it is, for the printed label and results.json."""
+    key: str
+    label: str
+    start: float | None
+    schedule: object
+    config: dict
+
+
+def controller_rows(args, run_dir, state, lr):
+    """The learned controller and, if the run saved it, its initial policy, from rate ``lr``."""
     mode = "mode" if args.test_deterministic else "sampled"
     agent, normalizer, action_range = load_controller(state)
     action_param = state.get("action_param", "clip")
+    config = {"discrete": agent.discrete, "action_range": action_range, "action_param": action_param,
+              "deterministic": bool(args.test_deterministic), "initial_lr": lr}
+    make = lambda policy: Controller(policy, normalizer, action_range, action_param, lr, bool(args.test_deterministic))
+    rows = [Row(f"learned@{lr:g}", f"learned ({args.test_schedule}, {mode}) from {lr:g}", lr, make(agent),
+                {"checkpoint": args.test_schedule, **config})]
     untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
-    untrained = None
     if untrained_path.exists():
         untrained = ActorCritic(discrete=agent.discrete).eval()
         untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
-    else:
-        print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained row")
-    rows, overall = [], {best["step_decay"]["name"], best["constant"]["name"]}
+        rows.append(Row(f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr, make(untrained),
+                        {"checkpoint": UNTRAINED_CHECKPOINT, **config}))
+    return rows
+
+
+def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
+    """Per start rate: learned, untrained, the best step decay and constant rate from that rate;
+    then the best baselines overall, where no row holds them yet."""
+    rows = []
     for lr in start_lrs:
-        rows.append((f"learned@{lr:g}", f"learned ({args.test_schedule}, {mode}) from {lr:g}", lr,
-                     Controller(agent, normalizer, action_range, action_param, lr, bool(args.test_deterministic))))
-        if untrained is not None:
-            rows.append((f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr,
-                         Controller(untrained, normalizer, action_range, action_param, lr,
-                                    bool(args.test_deterministic))))
+        rows += controller_rows(args, run_dir, state, lr)
         for kind in ("step_decay", "constant"):
             run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
-                suffix = "  (best overall)" if run["name"] in overall else ""
-                rows.append((f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}: {run['name']}{suffix}",
-                             lr, StepDecay.from_run(run)))
-    covered = {label.split(": ")[-1].split("  ")[0] for _, label, _, _ in rows}
+                suffix = "  (best overall)" if run["name"] == best[kind]["name"] else ""
+                rows.append(Row(f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}: {run['name']}{suffix}",
+                                lr, StepDecay.from_run(run), baseline_config(run)))
     for kind in ("step_decay", "constant"):
-        if best[kind]["name"] not in covered:
-            rows.append((f"{kind}_best", f"best {kind.replace('_', ' ')} overall: {best[kind]['name']}", None,
-                         StepDecay.from_run(best[kind])))
+        if not any(row.config.get("name") == best[kind]["name"] for row in rows):
+            rows.append(Row(f"{kind}_best", f"best {kind.replace('_', ' ')} overall: {best[kind]['name']}", None,
+                            StepDecay.from_run(best[kind]), baseline_config(best[kind])))
+    if not any(row.key.startswith("untrained@") for row in rows):
+        print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained rows")
     return rows
+
+
+def baseline_config(run):
+    return {key: run[key] for key in ("name", "kind", "initial_lr", "discount_step", "discount_factor") if key in run}
+
+
+def settings(args, argv, trained):
+    """test.py's settings: the trained run's child-training settings (args.json), except the flags
+    given on the command line, so a plain --test-id reproduces the training setting and a transfer
+    test needs only --dataset and --architecture."""
+    given = flags.explicit_flags("test", argv)
+    for name in INHERITED:
+        if name not in given and name in trained:
+            setattr(args, name, trained[name])
+    return args
 
 
 def summarize(values):
@@ -100,40 +136,42 @@ def main(argv=None):
     args = flags.parse_args("test", argv)
     run_dir = find_run(args.runs_dir, args.test_id)
     trained = load_json(run_dir / "args.json")
+    args = settings(args, argv, trained)
     state = load_checkpoint(checkpoint_path(run_dir, args.test_schedule), required=("format", "agent", "discrete"))
     if state["format"] != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
     baseline_runs, best = load_baseline_runs(args)
-    start_lrs = RANDOM_INITIAL_LRS if trained["initial_lr"] == 0 else (args.initial_lr,)
+    start_lrs = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
     rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs)
 
     trained_on = f"{dataset_name(trained['dataset'])}/{trained['architecture']}"
     tested_on = f"{dataset_name(args.dataset)}/{args.architecture}"
     transfer = trained_on != tested_on
     mode = "deterministic" if args.test_deterministic else "sampled"
+    checkpoint = args.test_schedule.removesuffix(".pt")
+    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else "")
+                              + f"_{checkpoint}_{mode}")
+    check_writable(out)
     print(f"controller {args.test_id} ({args.test_schedule}, {mode}), trained on {trained_on}, tested on "
           f"{tested_on}" + ("  [TRANSFER]" if transfer else ""))
     device = resolve_device(args.device)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
     config = EnvConfig.from_args(args, lr_noise=False)
-    schedules = [schedule for *_, schedule in rows]
+    schedules = [row.schedule for row in rows]
     runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]
-    results = {key: {m: [] for m in METRICS} | {"curves": []} for key, *_ in rows}
-    checkpoint = args.test_schedule.removesuffix(".pt")
-    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else "")
-                              + f"_{checkpoint}_{mode}")
+    results = {row.key: {m: [] for m in METRICS} | {"curves": []} for row in rows}
     try:
         for run in tqdm(runs, unit="run", desc="test", dynamic_ncols=True):
             torch.manual_seed(run["seed"])  # the sampled actions of a seed are reproducible
             envs = VecALRSEnv(config, splits, [run["seed"]] * len(rows), device, autoreset=False)
             curves = run_episode(envs, stack(schedules), [run["seed"]] * len(rows),
                                  [s.initial_lr for s in schedules])
-            for i, (key, *_) in enumerate(rows):
+            for i, row in enumerate(rows):
                 for metric in METRICS:
-                    results[key][metric].append(curves[metric][i])
-                results[key]["curves"].append({k: curves[k][i] for k in CURVES})
+                    results[row.key][metric].append(curves[metric][i])
+                results[row.key]["curves"].append({k: curves[k][i] for k in CURVES})
     except KeyboardInterrupt:
-        if results[rows[0][0]]["curves"]:  # report the runs that finished, then stop
+        if results[rows[0].key]["curves"]:  # report the runs that finished, then stop
             report(args, rows, results, runs, curves["step"], out, trained, trained_on, tested_on, transfer)
         raise
     report(args, rows, results, runs, curves["step"], out, trained, trained_on, tested_on, transfer)
@@ -141,24 +179,25 @@ def main(argv=None):
 
 def report(args, rows, results, runs, step, out, trained, trained_on, tested_on, transfer):
     """Print the table of the finished runs and the paired differences; write results.json and figures."""
-    finished = len(results[rows[0][0]]["curves"])
-    summary = {key: {m: summarize(results[key][m]) for m in METRICS} for key, *_ in rows}
-    width = max(len(label) for _, label, *_ in rows) + 2
+    finished = len(results[rows[0].key]["curves"])
+    summary = {row.key: {m: summarize(results[row.key][m]) for m in METRICS} for row in rows}
+    width = max(len(row.label) for row in rows) + 2
     print(f"\n{finished} seeds, mean +- sample std (standard error); lower loss is better"
           + (f"  (TRANSFER: trained on {trained_on})" if transfer else ""))
     print(f"{'schedule':<{width}}" + "".join(f"{m:>30}" for m in METRICS))
-    for key, label, *_ in rows:
+    for row in rows:
         cells = "".join(f"{'diverged':>30}" if s["mean"] is None else
-                        f"{s['mean']:>12.4f} +- {s['std']:.4f} ({s['sem']:.4f})" for s in summary[key].values())
-        print(f"{label:<{width}}{cells}")
+                        f"{s['mean']:>12.4f} +- {s['std']:.4f} ({s['sem']:.4f})" for s in summary[row.key].values())
+        print(f"{row.label:<{width}}{cells}")
     comparisons = {}
-    for key, label, lr, _ in rows:
-        if not key.startswith("learned@"):
+    for row in rows:
+        if not row.key.startswith("learned@"):
             continue
-        for other in (f"untrained@{lr:g}", f"step_decay@{lr:g}", f"constant@{lr:g}", "step_decay_best"):
+        for other in (f"untrained@{row.start:g}", f"step_decay@{row.start:g}", f"constant@{row.start:g}",
+                      "step_decay_best"):
             if other in results:
-                comparisons[f"{key} - {other}"] = paired_difference(results[key]["final_val_loss"],
-                                                                   results[other]["final_val_loss"])
+                comparisons[f"{row.key} - {other}"] = paired_difference(results[row.key]["final_val_loss"],
+                                                                       results[other]["final_val_loss"])
     print("\npaired differences of final validation loss over the same seeds (negative: learned is better)")
     for name, diff in comparisons.items():
         if diff is not None:
@@ -170,18 +209,19 @@ def report(args, rows, results, runs, step, out, trained, trained_on, tested_on,
         "mode": "deterministic" if args.test_deterministic else "sampled",
         "trained_on": trained_on, "tested_on": tested_on, "transfer": transfer,
         "seeds": [r["seed"] for r in runs[:finished]],
-        "rows": {key: {"label": label, "initial_lr": s.initial_lr} for key, label, _, s in rows},
+        "rows": {row.key: {"label": row.label, "initial_lr": row.schedule.initial_lr, "config": row.config}
+                 for row in rows},
         "summary": summary, "paired_differences": comparisons,
-        "runs": {key: {m: json_floats(results[key][m]) for m in METRICS} for key, *_ in rows},
+        "runs": {row.key: {m: json_floats(results[row.key][m]) for m in METRICS} for row in rows},
         "trained_args": trained, "args": vars(args)})
-    curves = {key: {"step": step, **{k: np.stack([c[k] for c in results[key]["curves"]]) for k in CURVES}}
-              for key, *_ in rows}
-    starts = sorted({lr for _, _, lr, _ in rows if lr is not None}, reverse=True)
+    curves = {row.key: {"step": step, **{k: np.stack([c[k] for c in results[row.key]["curves"]]) for k in CURVES}}
+              for row in rows}
+    starts = sorted({row.start for row in rows if row.start is not None}, reverse=True)
     for lr in starts:
         name = "schedules.png" if len(starts) == 1 else f"schedules_from_{lr:g}.png"
-        shown = {label: curves[key] for key, label, start, _ in rows if start in (lr, None)}
+        shown = {row.label: curves[row.key] for row in rows if row.start in (lr, None)}
         plot_schedules(shown, out / name, f"{args.test_id} on {tested_on}, from lr {lr:g}"
-                       + (" (transfer)" if transfer else "") + f"; mean over {finished} seeds, band: min-max")
+                       + (" (transfer)" if transfer else "") + f"; mean over {finished} seeds")
     print(f"saved {out / 'results.json'} and the schedules figure(s) in {out}")
 
 

@@ -20,7 +20,8 @@ from environment import OBS_DIM, EnvConfig, VecALRSEnv
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, policy_statistics, ppo_update)
-from runs import (UNTRAINED_CHECKPOINT, find_run, load_training_state, new_run_dir, save_training_state)
+from runs import (UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
+                  save_training_state)
 from utils import append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli, save_checkpoint
 
 NUM_PERIODIC_CHECKPOINTS = 10
@@ -76,6 +77,7 @@ def main(argv=None):
     args = flags.parse_args("train", argv)
     args, run_dir = resumed_args(args) if args.resume else (args, None)
     device = resolve_device(args.device)
+    check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
     print(f"loading {args.dataset} from {args.data_dir} ...", flush=True)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
@@ -101,6 +103,7 @@ def main(argv=None):
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
     controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
 
+    resume_hint = flags.command_line("train", {"resume": run_dir.name, "runs_dir": args.runs_dir})
     state = load_training_state(run_dir, device.type) if args.resume else None
     if state is not None:
         agent.load_state_dict(state["agent"])
@@ -113,10 +116,14 @@ def main(argv=None):
         obs, done = state["obs"].numpy(), state["done"].numpy()
         print(f"resuming at update {start_update}/{num_updates} ({start_update * num_envs * num_steps} steps)")
     else:
-        obs, _ = envs.reset()
-        done = np.zeros(num_envs, dtype=bool)
         start_update, num_episodes, best_val, recent_finals = 0, 0, float("inf"), []
         save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
+        try:
+            obs, _ = envs.reset()
+        except KeyboardInterrupt:
+            print(f"stopped before the first update; {resume_hint} starts it from the beginning", file=sys.stderr)
+            raise
+        done = np.zeros(num_envs, dtype=bool)
     for path in (episodes_path, updates_path):
         keep_records_before(path, start_update)
 
@@ -128,7 +135,6 @@ def main(argv=None):
         if infos:
             progress.set_postfix(last_val_loss=f"{infos[-1]['final_val_loss']:.4f}")
 
-    update = start_update
     try:
         for update in range(start_update, num_updates):
             started = time.perf_counter()
@@ -169,15 +175,19 @@ def main(argv=None):
                               run_dir.name)
     except KeyboardInterrupt:
         progress.close()
-        print(f"stopped after update {update}; continue with: python train.py --resume {run_dir.name} "
-              f"--runs-dir {args.runs_dir}", file=sys.stderr)
+        done_updates = len(read_jsonl(updates_path))
+        if done_updates == 0:
+            print(f"stopped before the first update; {resume_hint} starts it from the beginning", file=sys.stderr)
+        else:
+            print(f"stopped after {done_updates} updates; continue with: {resume_hint}", file=sys.stderr)
         raise
     progress.close()
     best = f"none (fewer than {BEST_WINDOW} episodes)" if best_val == float("inf") else f"{best_val:.4f}"
     print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes {best}; "
           f"checkpoints in {checkpoints}")
-    print(f"evaluate with: python test.py --dataset {args.dataset} --architecture {args.architecture} "
-          f"--test-id {run_dir.name} --runs-dir {args.runs_dir}")
+    print("evaluate: sweep the baselines of this setting once, then test the controller:\n  "
+          + flags.command_line("baselines", {name: getattr(args, name) for name in flags.SETTING}) + "\n  "
+          + flags.command_line("test", {"test_id": run_dir.name, "runs_dir": args.runs_dir}))
 
 
 if __name__ == "__main__":

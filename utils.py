@@ -64,11 +64,34 @@ def load_json(path):
 
 
 def append_jsonl(path, record):
-    """Append one record as a line; a crash can lose at most the line being written."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one record as a line, always on a line of its own; a crash can tear at most this line."""
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(f.tell() - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(record).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def drop_torn_last_line(path):
+    """Remove a last line cut short by a crash (it is not JSON) from a JSONL file, with a warning,
+    so that the work it recorded is redone and later appends start clean."""
+    path = Path(path)
+    if not path.exists():
+        return
+    text = path.read_text()
+    lines = text.splitlines()
+    if not lines:
+        return
+    try:
+        json.loads(lines[-1])
+    except json.JSONDecodeError:
+        print(f"warning: dropped the torn last line of {path} (a crash while writing); its work is redone",
+              file=sys.stderr)
+        kept = "".join(line + "\n" for line in lines[:-1])
+        atomic_write(path, lambda f: f.write(kept.encode()))
 
 
 def read_jsonl(path):

@@ -5,6 +5,8 @@ import importlib.util
 import io
 import json
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,12 +14,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 import flags
 from conftest import ROOT, write_image_folder
-from utils import run_cli
+from utils import append_jsonl, run_cli
 
 TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
         "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
@@ -238,7 +241,7 @@ def assert_one_line_error(result, *fragments):
 def test_missing_data_names_the_files_and_folder(tmp_path):
     result = run("train.py", "--data-dir", tmp_path, "--runs-dir", tmp_path / "runs", check=False)
     assert_one_line_error(result, "train-images-idx3-ubyte", str(tmp_path / "FashionMNIST" / "raw"))
-    assert not (tmp_path / "runs").exists()  # no empty experiment left behind
+    assert not list((tmp_path / "runs").iterdir())  # no empty experiment left behind
 
 
 def test_unknown_test_id_lists_the_experiments(trained):
@@ -343,3 +346,118 @@ def test_bench_writes_milliseconds_and_speedups_per_child(tmp_path):
         assert child["speedup_over_dataloader"]["env"] == pytest.approx(ms["dataloader"] / ms["env"])
     bad = run("bench.py", "--children", "vgg", check=False)
     assert bad.returncode == 2 and "unknown vgg" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- what a new user hits
+
+
+def test_a_torn_last_line_of_results_is_dropped_and_its_run_redone(mnist_dir, tmp_path):
+    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_GRID]
+    run("baselines.py", *common)
+    results = next(tmp_path.glob("baselines/*/results.jsonl"))
+    complete = jsonl(results)
+    results.write_bytes(results.read_bytes()[:-300])  # a crash while writing the last record
+    out = run("baselines.py", *common)
+    assert "dropped the torn last line" in out.stderr and "1 to go" in out.stdout
+    again = jsonl(results)
+    assert sorted(r["name"] for r in again) == sorted(r["name"] for r in complete)
+    assert {r["name"]: r["final_val_loss"] for r in again} == {r["name"]: r["final_val_loss"] for r in complete}
+    with open(results, "ab") as f:
+        f.write(b'{"torn')  # torn again: the next append must start on a line of its own
+    append_jsonl(results, {"name": "extra"})
+    assert results.read_text().splitlines()[-2:] == ['{"torn', '{"name": "extra"}']
+
+
+def test_an_unwritable_output_folder_is_a_one_line_error_before_any_work(mnist_dir, trained, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    for script, extra in (("train.py", TINY_PPO), ("baselines.py", TINY_GRID)):
+        result = run(script, "--data-dir", mnist_dir, "--runs-dir", blocked / "runs", *TINY, *extra, check=False)
+        assert_one_line_error(result, "cannot write to", str(blocked))
+        assert "loading" not in result.stdout
+    runs, run_id, common = trained
+    (runs / run_id / "test").mkdir(exist_ok=True)
+    (runs / run_id / "test" / "fa-mnist_cnn_latest_deterministic").write_text("in the way")
+    result = run("test.py", *common, "--test-id", run_id, "--test-schedule", "latest", check=False)
+    assert_one_line_error(result, "cannot write to")
+    (runs / run_id / "test" / "fa-mnist_cnn_latest_deterministic").unlink()
+
+
+def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
+    folder = write_image_folder(tmp_path / "my shapes (v2)", size=28, num_classes=2, per_class=(40, 10))
+    out = run("train.py", "--dataset", folder, "--architecture", "mlp", "--runs-dir", tmp_path / "runs", *TINY,
+              "--val-size", "20", "--train-size", "40", "--ppo2-update-freq", "3", "--ppo2-total-timesteps", "6",
+              "--ppo2-nminibatches", "2").stdout
+    run_id = experiment_id(out)
+    assert run_id.startswith("my-shapes-v2_mlp_continuous_") and " " not in run_id
+    flags.parse_args("test", ["--test-id", run_id])  # a plain name test.py and --resume accept
+
+
+def test_printed_hints_work_as_printed(mnist_dir, tmp_path):
+    """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag."""
+    runs = tmp_path / "my runs"
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO).stdout
+    commands = [line.strip() for line in out.splitlines() if line.strip().startswith("python ")]
+    assert [shlex.split(c)[1] for c in commands] == ["baselines.py", "test.py"]
+    for command in commands:
+        _, script, *args = shlex.split(command)
+        run(script, *args, "--test-runs", "1") if script == "test.py" else run(script, *args)
+    result = json.loads(next(runs.glob("*/test/fa-mnist_cnn_best_deterministic/results.json")).read_text())
+    assert result["args"]["num_train_steps"] == 12 and result["args"]["data_dir"] == str(mnist_dir)
+
+
+def test_ctrl_c_before_the_first_update_says_there_is_nothing_to_resume(mnist_dir, tmp_path, monkeypatch):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(SCRIPTS["train.py"].VecALRSEnv, "reset", interrupted)
+    result = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, check=False)
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert "stopped before the first update" in result.stderr and "--resume" in result.stderr
+
+
+def test_a_single_class_image_folder_is_refused(tmp_path):
+    folder = write_image_folder(tmp_path / "one", size=28, num_classes=1, per_class=(20, 5))
+    for script in ("train.py", "baselines.py"):
+        result = run(script, "--dataset", folder, "--architecture", "mlp", "--runs-dir", tmp_path / "runs", *TINY,
+                     check=False)
+        assert_one_line_error(result, "at least 2")
+
+
+@pytest.mark.parametrize("damage", ["truncated gz", "garbage raw"])
+def test_a_damaged_idx_file_is_named(mnist_dir, tmp_path, damage):
+    data = tmp_path / "data"
+    shutil.copytree(mnist_dir / "MNIST", data / "MNIST")
+    raw = data / "MNIST" / "raw"
+    if damage == "truncated gz":
+        victim = raw / "train-images-idx3-ubyte.gz"
+        victim.write_bytes(victim.read_bytes()[:500])
+    else:
+        victim = raw / "train-labels-idx1-ubyte"
+        victim.write_bytes(b"not an idx file at all")
+    result = run("baselines.py", "--dataset", "mnist", "--data-dir", data, "--runs-dir", tmp_path / "runs", *TINY,
+                 check=False)
+    assert_one_line_error(result, str(victim), "damaged")
+
+
+def test_flag_errors_are_one_line_and_name_the_flag_given(capsys):
+    with pytest.raises(SystemExit):
+        flags.parse_args("train", ["--num-train-steps", "45"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-train-steps" in err and "(see train.py --help)" in err
+
+
+def test_results_report_sample_std_standard_errors_and_configs(trained):
+    runs, run_id, common = trained
+    folder = runs / run_id / "test" / "fa-mnist_cnn_best_deterministic"
+    if not (folder / "results.json").exists():
+        run("test.py", *common, "--test-id", run_id, "--test-runs", "2")
+    result = json.loads((folder / "results.json").read_text())
+    values = result["runs"]["learned@0.01"]["final_val_loss"]
+    summary = result["summary"]["learned@0.01"]["final_val_loss"]
+    assert summary["std"] == pytest.approx(float(np.std(values, ddof=1)))
+    assert summary["sem"] == pytest.approx(summary["std"] / np.sqrt(len(values)))
+    assert result["rows"]["step_decay@0.01"]["config"]["kind"] == "step_decay"
+    assert result["rows"]["learned@0.01"]["config"]["checkpoint"] == "best"
+    assert result["trained_args"]["initial_lr"] == 0
+    out = run("baselines.py", *common, *TINY_GRID).stdout
+    assert "top 5 of 6 finished runs" in out
