@@ -16,6 +16,14 @@ SETTING = ("dataset", "architecture", "batch_size", "update_freq", "num_train_st
            "seed", "data_dir", "runs_dir")  # what names a baseline setting, and where its files are
 
 
+# Named sets of train.py defaults; flags given on the command line win. "reference" is the reference
+# implementation's behaviour; the others depart from it (README: "Departures from the reference").
+PRESETS = {
+    "reference": {},
+    "stable": {"action_param": "log", "ppo2_cliprange": 0.2, "norm_clip": 10.0, "ppo2_ent_coef": 0.01},
+}
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, the message and where help is, not the whole usage."""
 
@@ -70,8 +78,17 @@ def add_controller_flags(p):
     g.add_argument("--norm-clip", type=float, default=None,
                    help="clip of normalized observations and rewards (default: --ppo2-cliprange if > 0, else 10)")
     g = p.add_argument_group("experiment")
+    g.add_argument("--preset", default="reference", choices=PRESETS,
+                   help="named defaults, flags given explicitly win: " + "; ".join(
+                       f"{name} = {describe(values)}" for name, values in PRESETS.items()))
     g.add_argument("--tb-suffix", default="", help="suffix appended to the experiment id")
     g.add_argument("--resume", default=None, metavar="ID", help="continue experiment ID with its saved settings")
+
+
+def describe(values):
+    """Flag values as a command line would give them (the reference's, when there are none)."""
+    return " ".join(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else
+                    f"--{name.replace('_', '-')} {value}" for name, value in values.items()) or "the reference's"
 
 
 def add_baseline_flags(p):
@@ -117,6 +134,11 @@ def parse_args(script, argv=None):
     """Parse and check ``script``'s flags; a wrong value exits with an argparse error naming what is valid."""
     parser = build_parser(script)
     args = parser.parse_args(argv)
+    if getattr(args, "preset", "reference") != "reference":
+        given = explicit_flags(script, argv)
+        for name, value in PRESETS[args.preset].items():
+            if name not in given:
+                setattr(args, name, value)
     check(parser, args)
     return args
 

@@ -461,3 +461,14 @@ def test_results_report_sample_std_standard_errors_and_configs(trained):
     assert result["trained_args"]["initial_lr"] == 0
     out = run("baselines.py", *common, *TINY_GRID).stdout
     assert "top 5 of 6 finished runs" in out
+
+
+def test_a_preset_sets_its_flags_and_explicit_flags_win():
+    reference = vars(flags.parse_args("train", []))
+    assert flags.PRESETS["reference"] == {} and reference["action_param"] == "clip"
+    for name, values in flags.PRESETS.items():
+        preset = vars(flags.parse_args("train", ["--preset", name]))
+        changed = {k: v for k, v in preset.items() if v != reference[k]}
+        assert changed == ({} if name == "reference" else {"preset": name, **values})
+        overridden = vars(flags.parse_args("train", ["--preset", name, "--ppo2-ent-coef", "0.05"]))
+        assert overridden["ppo2_ent_coef"] == 0.05
