@@ -188,7 +188,7 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     ("baselines", ["--architecture", "vgg"], "invalid choice: 'vgg'"),
     ("train", ["--batch-size", "0"], "--batch-size: must be positive"),
     ("train", ["--action-range", "1"], "--action-range: must be > 1"),
-    ("baselines", ["--num-train-steps", "20", "--update-freq", "7"], "must divide --num-train-steps"),
+    ("baselines", ["--num-train-steps", "20", "--update-freq", "7"], "--num-train-steps: must be a multiple of"),
     ("test", ["--test-id", "../other"], "is not a plain name"),
     ("test", [], "the following arguments are required: --test-id"),
     ("train", ["--resume", "a/b"], "is not a plain name"),
