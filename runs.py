@@ -68,7 +68,8 @@ def checkpoint_path(run_dir, name):
     path = folder / (name if name.endswith(".pt") else f"{name}.pt")
     if not path.exists():
         known = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
-        raise UserError(f"no checkpoint {path.name} in {folder}; there are: {', '.join(known) or 'none'}")
+        why = " (written once 16 episodes of each initial rate have finished)" if path.name == "best.pt" else ""
+        raise UserError(f"no checkpoint {path.name} in {folder}{why}; there are: {', '.join(known) or 'none'}")
     return path
 
 

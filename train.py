@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import flags
 from data import load_splits
-from environment import OBS_DIM, EnvConfig, VecALRSEnv
+from environment import OBS_DIM, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, policy_statistics, ppo_update)
@@ -25,7 +25,7 @@ from runs import (UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_
 from utils import append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli, save_checkpoint
 
 NUM_PERIODIC_CHECKPOINTS = 10
-BEST_WINDOW = 16  # best.pt: the policy with the lowest mean final validation loss over this many episodes
+BEST_WINDOW = 16  # best.pt: the lowest mean final validation loss over this many episodes per initial rate
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
 EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean")
 
@@ -65,6 +65,29 @@ def collect_rollout(envs, agent, buffer, obs, done, on_step=None):
     return obs, done, ended
 
 
+class RecentFinals:
+    """The final validation losses of the last ``window`` finished episodes of each initial rate.
+
+    best.pt is chosen on their mean over the rates: with random initial rates (--initial-lr 0) a
+    plain moving average would mostly reward a window that happened to draw the easy starts.
+    """
+
+    def __init__(self, starts, window=BEST_WINDOW, losses=None):
+        self.starts, self.window = list(starts), window
+        self.losses = losses or [[] for _ in self.starts]
+
+    def add(self, initial_lr, final_val_loss):
+        """Count an episode under the start rate nearest to its (noisy) initial rate."""
+        nearest = min(range(len(self.starts)), key=lambda i: abs(np.log(initial_lr / self.starts[i])))
+        self.losses[nearest] = (self.losses[nearest] + [final_val_loss])[-self.window:]
+
+    def score(self):
+        """Mean over the start rates of their windowed mean, or None until every rate fills its window."""
+        if any(len(losses) < self.window for losses in self.losses):
+            return None
+        return float(np.mean([np.mean(losses) for losses in self.losses]))
+
+
 def episode_record(update, step, env, info, num_envs, num_steps, number):
     """One line of episodes.jsonl (a diverged episode's final validation loss is null)."""
     return {"update": update, "episode": number, "env": env, "timesteps": (update * num_steps + step + 1) * num_envs,
@@ -102,6 +125,7 @@ def main(argv=None):
     checkpoints = run_dir / "checkpoints"
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
     controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
+    starts = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
 
     resume_hint = flags.command_line("train", {"resume": run_dir.name, "runs_dir": args.runs_dir})
     state = load_training_state(run_dir, device.type) if args.resume else None
@@ -112,11 +136,11 @@ def main(argv=None):
         raw_envs.load_state_dict(state["env"])
         torch.set_rng_state(state["torch_rng"])
         start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
-        recent_finals = state["recent_finals"].tolist()
+        recent = RecentFinals(starts, losses=state["recent_finals"])
         obs, done = state["obs"].numpy(), state["done"].numpy()
         print(f"resuming at update {start_update}/{num_updates} ({start_update * num_envs * num_steps} steps)")
     else:
-        start_update, num_episodes, best_val, recent_finals = 0, 0, float("inf"), []
+        start_update, num_episodes, best_val, recent = 0, 0, float("inf"), RecentFinals(starts)
         save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
         try:
             obs, _ = envs.reset()
@@ -145,10 +169,13 @@ def main(argv=None):
             timesteps = (update + 1) * num_steps * num_envs
             finals = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
             mean_val = float(np.mean(finals)) if finals else None
-            recent_finals = (recent_finals + finals)[-BEST_WINDOW:]
-            if len(recent_finals) == BEST_WINDOW and np.mean(recent_finals) < best_val:
+            for e in episodes:
+                if e["final_val_loss"] is not None:
+                    recent.add(e["initial_lr"], e["final_val_loss"])
+            score = recent.score()
+            if score is not None and score < best_val:
                 # the policy that produced the latest episodes, before this rollout's update changes it
-                best_val = float(np.mean(recent_finals))
+                best_val = score
                 save_checkpoint(checkpoints / "best.pt", {**controller(), "timesteps": timesteps, "val_loss": best_val})
             with torch.no_grad():
                 last_value = agent.value(torch.as_tensor(obs))
@@ -165,7 +192,7 @@ def main(argv=None):
             save_training_state(run_dir, {
                 **controller(), "optimizer": optimizer.state_dict(), "env": raw_envs.state_dict(),
                 "torch_rng": torch.get_rng_state(), "update": update + 1, "episodes": num_episodes,
-                "best_val_loss": best_val, "recent_finals": torch.as_tensor(recent_finals, dtype=torch.float64),
+                "best_val_loss": best_val, "recent_finals": recent.losses,
                 "obs": torch.as_tensor(obs), "done": torch.as_tensor(done), "device": device.type,
                 "timesteps": timesteps})
             if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
@@ -182,8 +209,9 @@ def main(argv=None):
             print(f"stopped after {done_updates} updates; continue with: {resume_hint}", file=sys.stderr)
         raise
     progress.close()
-    best = f"none (fewer than {BEST_WINDOW} episodes)" if best_val == float("inf") else f"{best_val:.4f}"
-    print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes {best}; "
+    best = f"none (fewer than {BEST_WINDOW} episodes per initial rate)" if best_val == float("inf") else f"{best_val:.4f}"
+    print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes per initial rate "
+          f"{best}; "
           f"checkpoints in {checkpoints}")
     print("evaluate: sweep the baselines of this setting once, then test the controller:\n  "
           + flags.command_line("baselines", {name: getattr(args, name) for name in flags.SETTING}) + "\n  "

@@ -67,7 +67,8 @@ def trained(mnist_dir, tmp_path_factory):
     """One tiny controller trained on fa-mnist/cnn from random initial rates, and the baselines."""
     runs = tmp_path_factory.mktemp("runs")
     common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY]
-    out = run("train.py", *common, *TINY_PPO, "--initial-lr", "0").stdout
+    # 80 episodes from random initial rates: enough for best.pt's 16 per rate
+    out = run("train.py", *common, *TINY_PPO, "--initial-lr", "0", "--ppo2-total-timesteps", "320").stdout
     run("baselines.py", *common, *TINY_GRID)
     return runs, experiment_id(out), common
 
@@ -77,19 +78,21 @@ def test_train_writes_metrics_checkpoints_and_figure(trained):
     run_dir = runs / run_id
     assert json.loads((run_dir / "args.json").read_text())["architecture"] == "cnn"
     updates = jsonl(run_dir / "updates.jsonl")
-    assert [u["update"] for u in updates] == list(range(8))  # 64 steps / (2 envs x 4)
+    assert [u["update"] for u in updates] == list(range(40))  # 320 steps / (2 envs x 4)
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
                 "steps_per_second", "policy_mean", "policy_std", "action_below", "action_above", "action_inside"):
         assert all(key in u for u in updates)
     assert all(u["action_below"] + u["action_inside"] + u["action_above"] == pytest.approx(1) for u in updates)
     episodes = jsonl(run_dir / "episodes.jsonl")
-    assert len(episodes) == 2 * (64 // 2) // 4  # each env: 32 controller steps, 12 / 3 = 4 per episode
+    assert len(episodes) == 2 * (320 // 2) // 4  # each env: 160 controller steps, 12 / 3 = 4 per episode
     assert all(e["final_val_loss"] > 0 and e["lr_min"] <= e["lr_geomean"] <= e["lr_max"] for e in episodes)
     drawn = {min((0.01, 0.001, 0.0001), key=lambda lr: abs(e["initial_lr"] / lr - 1)) for e in episodes}
     assert len(drawn) > 1  # --initial-lr 0: one of three rates per episode (plus 10% noise)
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert {"best.pt", "latest.pt", "step-0000000_untrained.pt"} <= set(names)
-    assert any(re.fullmatch(r"step-0000064_val-\d+\.\d{4}\.pt", n) for n in names), names
+    assert any(re.fullmatch(r"step-0000320_val-\d+\.\d{4}\.pt", n) for n in names), names
+    latest = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert [len(losses) for losses in latest["recent_finals"]] == [16, 16, 16]  # the last 16 per initial rate
     untrained = torch.load(run_dir / "checkpoints" / "step-0000000_untrained.pt", weights_only=True)
     assert not torch.equal(untrained["agent"]["actor.0.weight"], torch.load(
         run_dir / "checkpoints" / "latest.pt", weights_only=True)["agent"]["actor.0.weight"])

@@ -1,10 +1,12 @@
-"""The training loop's rollout collection: diverging children never reach the controller."""
+"""The training loop's pieces: rollout collection (diverging children never reach the controller) and
+the choice of best.pt."""
 import numpy as np
+import pytest
 import torch
 
 from environment import EnvConfig, VecALRSEnv
 from ppo import ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer, ppo_update
-from train import collect_rollout
+from train import RecentFinals, collect_rollout
 from data import load_splits
 
 
@@ -36,3 +38,14 @@ def test_diverged_child_ends_its_episode_and_nothing_non_finite_enters_the_contr
     ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=3e-3), buffer.batch(last_value, done, 1.0),
                PPOConfig(num_minibatches=2, num_epochs=2))
     assert all(torch.isfinite(p).all() for p in agent.parameters())
+
+
+def test_best_checkpoint_score_averages_a_window_per_initial_rate():
+    recent = RecentFinals((1e-2, 1e-3), window=2)
+    recent.add(1.05e-2, 0.4)
+    recent.add(0.0092, 0.6)  # both nearest 1e-2 (the initial rate carries noise)
+    assert recent.score() is None  # no episode from 1e-3 yet
+    for initial_lr, loss in ((9e-4, 1.0), (1.1e-3, 2.0), (1e-3, 3.0)):
+        recent.add(initial_lr, loss)
+    assert recent.losses == [[0.4, 0.6], [2.0, 3.0]]  # the last 2 of each rate
+    assert recent.score() == pytest.approx((0.5 + 2.5) / 2)  # each rate counts the same, whatever the mix
