@@ -8,13 +8,15 @@
 #   bash experiments/learning_study.sh test a b c      # baselines once, then 10-seed tests per arm
 #   bash experiments/learning_study.sh report          # figures and tables of every trained arm
 #
-# A stopped arm continues where it stopped when trained again (train.py --resume).
+# A stopped arm continues where it stopped when trained again (train.py --resume). Tests evaluate
+# the policy after the last update (latest.pt): no choice made on noisy training episodes.
 # Environment: DATA_DIR (default data), RUNS_DIR (default runs/learning_study), JOBS (default 2),
-# DEVICE (default cpu). Each process uses one thread (two arms side by side on 2 cores).
+# DEVICE (default cpu), CHECKPOINT (default latest). Each process uses one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS_DIR:-runs/learning_study}
 JOBS=${JOBS:-2}
+CHECKPOINT=${CHECKPOINT:-latest}
 export OMP_NUM_THREADS=1
 COMMON=(--dataset fa-mnist --architecture mlp --num-train-steps 500 --batch-size 128 --val-size 2000
         --train-size 20000 --data-dir "${DATA_DIR:-data}" --device "${DEVICE:-cpu}" --runs-dir "$RUNS")
@@ -46,7 +48,8 @@ train_arm() {
 test_arm() {
   local id; id=$(run_id "$1")
   for mode in 1 0; do
-    python test.py "${COMMON[@]}" --test-id "$id" --test-deterministic "$mode" > "$RUNS/logs/test-$1-det$mode.log" 2>&1
+    python test.py "${COMMON[@]}" --test-id "$id" --test-schedule "$CHECKPOINT" --test-deterministic "$mode" \
+      > "$RUNS/logs/test-$1-$CHECKPOINT-det$mode.log" 2>&1
   done
   echo "arm $1 tested: $id"
 }
@@ -68,7 +71,7 @@ case $command in
     done
     wait ;;
   report)
-    python experiments/study_report.py "$RUNS" --out experiments/results/learning_study ;;
+    python experiments/study_report.py "$RUNS" --checkpoint "$CHECKPOINT" --out experiments/results/learning_study ;;
   *)
     echo "usage: $0 train|test|report [arm ...]   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
 esac

@@ -47,14 +47,14 @@ def per_update(episodes, num_updates, key="final_val_loss", start=None):
     return out
 
 
-def load_arms(runs_dir):
+def load_arms(runs_dir, checkpoint):
     arms = {}
     for folder in sorted(Path(runs_dir).glob("*_arm-*")):
         arm = folder.name.rsplit("_arm-", 1)[1]
         args = json.loads((folder / "args.json").read_text())
         tests = {}
         for mode in ("deterministic", "sampled"):
-            found = sorted(folder.glob(f"test/*_best_{mode}/results.json"))
+            found = sorted(folder.glob(f"test/*_{checkpoint}_{mode}/results.json"))
             if found:
                 tests[mode] = json.loads(found[0].read_text())
         arms[arm] = {"folder": folder, "args": args, "episodes": jsonl(folder / "episodes.jsonl"),
@@ -167,8 +167,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir")
     parser.add_argument("--out", default="experiments/results/learning_study")
+    parser.add_argument("--checkpoint", default="latest", help="the tested checkpoint whose results to tabulate")
     args = parser.parse_args()
-    arms = load_arms(args.runs_dir)
+    arms = load_arms(args.runs_dir, args.checkpoint)
     if not arms:
         parser.error(f"no *_arm-* experiments in {args.runs_dir}")
     out = Path(args.out)
@@ -183,7 +184,8 @@ def main():
         seconds = sum(400 / u["steps_per_second"] for u in data["updates"])  # 4 envs x 100 steps each
         lines.append(f"| {arm} | {describe(data['args'])} | {len(curve)} | {np.nanmean(curve[:10]):.4f} | "
                      f"{np.nanmean(curve[-10:]):.4f} | {seconds / 60:.0f} min |")
-    lines += ["", "Test: final validation loss, mean ± standard error over the seeds; differences are paired "
+    lines += ["", f"Test of {args.checkpoint}.pt: final validation loss, mean ± standard error over the seeds; "
+              "differences are paired "
               "over the same seeds (negative: the learned schedule is better; **better** means by more than two "
               "standard errors).", "", tables(arms)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
