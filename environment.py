@@ -60,11 +60,6 @@ class EnvConfig:
         values.update(overrides)
         return cls(**values | {"discrete": bool(values.get("discrete", False))})
 
-    @property
-    def num_actions(self):
-        """Actions per episode: one before each block of ``update_freq`` child steps."""
-        return self.num_train_steps // self.update_freq
-
 
 # ----------------------------------------------------------------------------- observation
 
@@ -105,6 +100,11 @@ def apply_action(lr, action, discrete, action_range, action_param="clip"):
     return np.clip(lr * factor, LR_MIN, LR_MAX)
 
 
+def nearest_start(lr, starts=RANDOM_INITIAL_LRS):
+    """The start rate an episode's initial rate was drawn from (it carries noise of std lr/10)."""
+    return min(starts, key=lambda start: abs(math.log(lr / start)))
+
+
 def action_bounds(action_param, action_range):
     """The interval outside which a continuous action is clipped, (low, high)."""
     return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
@@ -116,9 +116,10 @@ class VecALRSEnv:
     Each environment trains a fresh child for ``num_train_steps`` steps per episode. ``reset``
     observes the fresh child (it trains nothing), and each ``step`` applies an action and trains
     ``update_freq`` steps, so an episode is ``num_train_steps / update_freq`` actions (100 by
-    default, as in the reference) and every child step runs at a rate the controller chose. With ``autoreset`` a finished environment starts its next episode in
-    the same call and its last observation is in ``info["final_observation"]``; without it, a
-    finished environment stops training and its later outputs repeat its final ones.
+    default, as in the reference) and every child step runs at a rate the controller chose. With
+    ``autoreset`` a finished environment starts its next episode in the same call and its last
+    observation is in ``info["final_observation"]``; without it, a finished environment stops
+    training and its later outputs repeat its final ones.
     """
 
     def __init__(self, config, splits, seeds, device="cpu", autoreset=True, backend="auto"):

@@ -155,6 +155,11 @@ def command_line(script, values):
     return shlex.join(words)
 
 
+def baselines_command(args):
+    """The baselines.py command for the child-training setting of ``args`` (a printed hint)."""
+    return command_line("baselines", {name: getattr(args, name) for name in SETTING})
+
+
 def explicit_flags(script, argv=None):
     """The names (dests) of the flags given on the command line, as opposed to left at their defaults."""
     parser = build_parser(script)

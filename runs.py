@@ -11,6 +11,7 @@ from utils import UserError, load_checkpoint, save_checkpoint, save_json
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ids are plain names, never paths
 DEFAULT_SEED = 0
+BEST_WINDOW = 16  # best.pt: the lowest mean final validation loss over this many episodes per initial rate
 UNTRAINED_CHECKPOINT = "step-0000000_untrained.pt"  # the initial policy: test.py's control
 TRAINING_STATE = "latest.pt"
 TRAINING_STATE_KEYS = ("format", "agent", "normalizer", "optimizer", "env", "torch_rng", "update", "episodes",
@@ -68,7 +69,7 @@ def checkpoint_path(run_dir, name):
     path = folder / (name if name.endswith(".pt") else f"{name}.pt")
     if not path.exists():
         known = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
-        why = " (written once 16 episodes of each initial rate have finished)" if path.name == "best.pt" else ""
+        why = f" (written once {BEST_WINDOW} episodes of each initial rate have finished)" if path.name == "best.pt" else ""
         raise UserError(f"no checkpoint {path.name} in {folder}{why}; there are: {', '.join(known) or 'none'}")
     return path
 

@@ -39,8 +39,7 @@ def load_baseline_runs(args):
     """Every finished run of baselines.py for this setting, and its best.json."""
     folder = baseline_dir(args)
     if not (folder / "best.json").exists():
-        raise UserError(f"no baseline results at {folder}; run first: "
-                        + flags.command_line("baselines", {name: getattr(args, name) for name in flags.SETTING}))
+        raise UserError(f"no baseline results at {folder}; run first: " + flags.baselines_command(args))
     best = load_json(folder / "best.json")
     if not best["step_decay"] or not best["constant"]:
         raise UserError(f"{folder / 'best.json'} has no finished step-decay or constant run (all diverged?)")
@@ -58,20 +57,30 @@ class Row:
     config: dict
 
 
-def controller_rows(args, run_dir, state, lr):
-    """The learned controller and, if the run saved it, its initial policy, from rate ``lr``."""
-    mode = "mode" if args.test_deterministic else "sampled"
+def load_policies(run_dir, state):
+    """The tested policy and, if the run saved it, its initial one (else None), their frozen
+    normalizer and action semantics, loaded once for every start rate."""
     agent, normalizer, action_range = load_controller(state)
-    action_param = state.get("action_param", "clip")
+    untrained = None
+    untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
+    if untrained_path.exists():
+        untrained = ActorCritic(discrete=agent.discrete).eval()
+        untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
+    else:
+        print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained rows")
+    return agent, untrained, normalizer, action_range, state.get("action_param", "clip")
+
+
+def controller_rows(args, policies, lr):
+    """The learned controller and, where there is one, its initial policy, from rate ``lr``."""
+    agent, untrained, normalizer, action_range, action_param = policies
+    mode = "mode" if args.test_deterministic else "sampled"
     config = {"discrete": agent.discrete, "action_range": action_range, "action_param": action_param,
               "deterministic": bool(args.test_deterministic), "initial_lr": lr}
     make = lambda policy: Controller(policy, normalizer, action_range, action_param, lr, bool(args.test_deterministic))
     rows = [Row(f"learned@{lr:g}", f"learned ({args.test_schedule}, {mode}) from {lr:g}", lr, make(agent),
                 {"checkpoint": args.test_schedule, **config})]
-    untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
-    if untrained_path.exists():
-        untrained = ActorCritic(discrete=agent.discrete).eval()
-        untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
+    if untrained is not None:
         rows.append(Row(f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr, make(untrained),
                         {"checkpoint": UNTRAINED_CHECKPOINT, **config}))
     return rows
@@ -80,9 +89,10 @@ def controller_rows(args, run_dir, state, lr):
 def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
     """Per start rate: learned, untrained, the best step decay and constant rate from that rate;
     then the best baselines overall, where no row holds them yet."""
+    policies = load_policies(run_dir, state)
     rows = []
     for lr in start_lrs:
-        rows += controller_rows(args, run_dir, state, lr)
+        rows += controller_rows(args, policies, lr)
         for kind in ("step_decay", "constant"):
             run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
@@ -93,8 +103,6 @@ def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
         if not any(row.config.get("name") == best[kind]["name"] for row in rows):
             rows.append(Row(f"{kind}_best", f"best {kind.replace('_', ' ')} overall: {best[kind]['name']}", None,
                             StepDecay.from_run(best[kind]), baseline_config(best[kind])))
-    if not any(row.key.startswith("untrained@") for row in rows):
-        print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained rows")
     return rows
 
 

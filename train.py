@@ -16,16 +16,15 @@ from tqdm import tqdm
 
 import flags
 from data import load_splits
-from environment import OBS_DIM, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv
+from environment import OBS_DIM, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, nearest_start
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, policy_statistics, ppo_update)
-from runs import (UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
+from runs import (BEST_WINDOW, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
                   save_training_state)
 from utils import append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli, save_checkpoint
 
 NUM_PERIODIC_CHECKPOINTS = 10
-BEST_WINDOW = 16  # best.pt: the lowest mean final validation loss over this many episodes per initial rate
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
 EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean")
 
@@ -78,8 +77,8 @@ class RecentFinals:
 
     def add(self, initial_lr, final_val_loss):
         """Count an episode under the start rate nearest to its (noisy) initial rate."""
-        nearest = min(range(len(self.starts)), key=lambda i: abs(np.log(initial_lr / self.starts[i])))
-        self.losses[nearest] = (self.losses[nearest] + [final_val_loss])[-self.window:]
+        i = self.starts.index(nearest_start(initial_lr, self.starts))
+        self.losses[i] = (self.losses[i] + [final_val_loss])[-self.window:]
 
     def score(self):
         """Mean over the start rates of their windowed mean, or None until every rate fills its window."""
@@ -127,7 +126,15 @@ def main(argv=None):
     controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
     starts = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
 
-    resume_hint = flags.command_line("train", {"resume": run_dir.name, "runs_dir": args.runs_dir})
+    def report_stop():
+        """What Ctrl-C prints: how to continue, or that there is nothing to continue yet."""
+        resume = flags.command_line("train", {"resume": run_dir.name, "runs_dir": args.runs_dir})
+        done_updates = len(read_jsonl(updates_path))
+        if done_updates == 0:
+            print(f"stopped before the first update; {resume} starts it from the beginning", file=sys.stderr)
+        else:
+            print(f"stopped after {done_updates} updates; continue with: {resume}", file=sys.stderr)
+
     state = load_training_state(run_dir, device.type) if args.resume else None
     if state is not None:
         agent.load_state_dict(state["agent"])
@@ -145,7 +152,7 @@ def main(argv=None):
         try:
             obs, _ = envs.reset()
         except KeyboardInterrupt:
-            print(f"stopped before the first update; {resume_hint} starts it from the beginning", file=sys.stderr)
+            report_stop()
             raise
         done = np.zeros(num_envs, dtype=bool)
     for path in (episodes_path, updates_path):
@@ -167,11 +174,10 @@ def main(argv=None):
                         for n, (step, env, info) in enumerate(ended)]
             num_episodes += len(episodes)
             timesteps = (update + 1) * num_steps * num_envs
-            finals = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
-            mean_val = float(np.mean(finals)) if finals else None
-            for e in episodes:
-                if e["final_val_loss"] is not None:
-                    recent.add(e["initial_lr"], e["final_val_loss"])
+            finished = [e for e in episodes if e["final_val_loss"] is not None]
+            mean_val = float(np.mean([e["final_val_loss"] for e in finished])) if finished else None
+            for e in finished:
+                recent.add(e["initial_lr"], e["final_val_loss"])
             score = recent.score()
             if score is not None and score < best_val:
                 # the policy that produced the latest episodes, before this rollout's update changes it
@@ -202,11 +208,7 @@ def main(argv=None):
                               run_dir.name)
     except KeyboardInterrupt:
         progress.close()
-        done_updates = len(read_jsonl(updates_path))
-        if done_updates == 0:
-            print(f"stopped before the first update; {resume_hint} starts it from the beginning", file=sys.stderr)
-        else:
-            print(f"stopped after {done_updates} updates; continue with: {resume_hint}", file=sys.stderr)
+        report_stop()
         raise
     progress.close()
     best = f"none (fewer than {BEST_WINDOW} episodes per initial rate)" if best_val == float("inf") else f"{best_val:.4f}"
@@ -214,7 +216,7 @@ def main(argv=None):
           f"{best}; "
           f"checkpoints in {checkpoints}")
     print("evaluate: sweep the baselines of this setting once, then test the controller:\n  "
-          + flags.command_line("baselines", {name: getattr(args, name) for name in flags.SETTING}) + "\n  "
+          + flags.baselines_command(args) + "\n  "
           + flags.command_line("test", {"test_id": run_dir.name, "runs_dir": args.runs_dir}))
 
 

@@ -54,22 +54,23 @@ test_arm() {
   echo "arm $1 tested: $id"
 }
 
+in_parallel() {  # run "$1 ARM" for each remaining argument, JOBS at a time
+  local job=$1; shift
+  for arm in "$@"; do
+    "$job" "$arm" &
+    while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
+  done
+  wait
+}
+
 command=${1:-}; shift || true
 arms=("$@"); [[ ${#arms[@]} -gt 0 ]] || arms=(a b c d e)
 case $command in
   train)
-    for arm in "${arms[@]}"; do
-      train_arm "$arm" &
-      while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
-    done
-    wait ;;
+    in_parallel train_arm "${arms[@]}" ;;
   test)
     python baselines.py "${COMMON[@]}" --num-envs 4 > "$RUNS/logs/baselines.log" 2>&1
-    for arm in "${arms[@]}"; do
-      test_arm "$arm" &
-      while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
-    done
-    wait ;;
+    in_parallel test_arm "${arms[@]}" ;;
   report)
     python experiments/study_report.py "$RUNS" --checkpoint "$CHECKPOINT" --out experiments/results/learning_study ;;
   *)

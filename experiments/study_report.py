@@ -10,7 +10,6 @@ and results.md (the 10-seed test tables, deterministic and sampled).
 """
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -21,19 +20,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from environment import RANDOM_INITIAL_LRS as STARTS, nearest_start  # noqa: E402
 from plots import running_mean  # noqa: E402
 
-STARTS = (1e-2, 1e-3, 1e-4)
 WINDOW = 10  # updates in the running mean
 
 
 def jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def nearest_start(lr):
-    """The rate an episode was drawn from (its initial rate carries 10% noise)."""
-    return min(STARTS, key=lambda s: abs(math.log(lr / s)))
 
 
 def per_update(episodes, num_updates, key="final_val_loss", start=None):
