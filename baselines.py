@@ -1,12 +1,13 @@
-"""Sweep the step-decay baseline grid (and constant learning rates) for one dataset and child.
+"""Sweep the step-decay baseline grid (and constant and cosine rates) for one dataset and child.
 
     python baselines.py --dataset fa-mnist --architecture cnn
 
 lr = lr0 * factor ** floor(step / discount_step) over --initial-lrs x --discount-steps x
---discount-factors (48 runs by default), plus a constant lr0 for each --initial-lrs. Every run starts
-from the same child initialization and sees the same batches. Results are appended to
-runs/baselines/<setting>/results.jsonl as they finish (a rerun skips finished ones); the best
-step-decay and constant configurations, by final validation loss, go to best.json with their curves.
+--discount-factors (48 runs by default), plus, for each --initial-lrs, a constant lr0 and a cosine
+annealing from lr0 to 0 over the episode (torch's CosineAnnealingLR). Every run starts from the same
+child initialization and sees the same batches. Results are appended to
+runs/baselines/<setting>/results.jsonl as they finish (a rerun skips finished ones and adds new kinds);
+the best configuration of each kind, by final validation loss, goes to best.json with its curves.
 """
 import itertools
 import math
@@ -18,23 +19,25 @@ from data import load_splits
 from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
 from plots import plot_schedules
 from runs import baseline_dir, best_of, check_writable
-from schedules import StepDecay, stack
+from schedules import BASELINE_KINDS, baseline_schedule, stack
 from utils import append_jsonl, drop_torn_last_line, json_floats, read_jsonl, resolve_device, run_cli, save_json
 
 
 def grid(args):
-    """The run list: plain dicts, step decay first, then one constant rate per initial lr."""
+    """The run list: plain dicts, step decay first, then one constant rate and one cosine annealing
+    per initial lr."""
     runs = [{"name": f"step_lr{lr:g}_every{step}_x{factor:g}", "kind": "step_decay", "initial_lr": lr,
              "discount_step": step, "discount_factor": factor}
             for lr, step, factor in itertools.product(args.initial_lrs, args.discount_steps, args.discount_factors)]
     runs += [{"name": f"constant_lr{lr:g}", "kind": "constant", "initial_lr": lr} for lr in args.initial_lrs]
+    runs += [{"name": f"cosine_lr{lr:g}", "kind": "cosine", "initial_lr": lr} for lr in args.initial_lrs]
     return runs
 
 
 def run_schedules(runs, config, splits, seed, device):
     """Train one child per run with its fixed schedule, all from the same seed (synced)."""
     envs = VecALRSEnv(config, splits, [seed] * len(runs), device, autoreset=False)
-    curves = run_episode(envs, stack([StepDecay.from_run(run) for run in runs]),
+    curves = run_episode(envs, stack([baseline_schedule(run, config.num_train_steps) for run in runs]),
                          [seed] * len(runs), [run["initial_lr"] for run in runs])
     return [{**run, "diverged": bool(curves["diverged"][i]),
              **dict(zip(METRICS, json_floats([curves[m][i] for m in METRICS]))),
@@ -63,8 +66,7 @@ def main(argv=None):
                 progress.set_postfix(last=result["name"], val_loss=result["final_val_loss"])
 
     results = read_jsonl(results_path)
-    best = {"setting": out.name, "args": vars(args),
-            "step_decay": best_of(results, "step_decay"), "constant": best_of(results, "constant")}
+    best = {"setting": out.name, "args": vars(args)} | {kind: best_of(results, kind) for kind in BASELINE_KINDS}
     save_json(out / "best.json", best)
     table = sorted((r for r in results if r["final_val_loss"] is not None), key=lambda r: r["final_val_loss"])
     print(f"top {min(5, len(table))} of {len(table)} finished runs by final validation loss (lower is better):")
@@ -73,11 +75,11 @@ def main(argv=None):
     diverged = [r["name"] for r in results if r["diverged"]]
     if diverged:
         print(f"  diverged: {', '.join(diverged)}")
-    for kind in ("step_decay", "constant"):
+    for kind in BASELINE_KINDS:
         if best[kind]:
             loss = best[kind]["final_val_loss"]
             print(f"best {kind}: {best[kind]['name']}  final validation loss {loss:.4f} (log {math.log(loss):.4f})")
-    curves = {best[k]["name"]: best[k]["curves"] for k in ("step_decay", "constant") if best[k]}
+    curves = {best[k]["name"]: best[k]["curves"] for k in BASELINE_KINDS if best[k]}
     plot_schedules(curves, out / "best.png", f"best baselines: {out.name}")
     print(f"saved {out / 'best.json'} and {out / 'best.png'}")
 

@@ -5,10 +5,14 @@ child step ``step``, given that child's raw observation (7,) and current rate. `
 list of them into the ``next_lr`` of ``environment.run_episode`` over as many children, so
 baselines.py and test.py line up schedules and children by position, with no bookkeeping.
 """
+import math
+
 import numpy as np
 import torch
 
 from environment import apply_action
+
+BASELINE_KINDS = ("step_decay", "constant", "cosine")  # the fixed schedules baselines.py sweeps
 
 
 class StepDecay:
@@ -17,15 +21,29 @@ class StepDecay:
     def __init__(self, initial_lr, every=1, factor=1.0):
         self.initial_lr, self.every, self.factor = initial_lr, every, factor
 
-    @classmethod
-    def from_run(cls, run):
-        """The schedule of a baselines.py run record (``kind`` step_decay or constant)."""
-        if run["kind"] == "constant":
-            return cls(run["initial_lr"])
-        return cls(run["initial_lr"], run["discount_step"], run["discount_factor"])
-
     def next_lr(self, obs, lr, step):
         return self.initial_lr * self.factor ** (step // self.every)
+
+
+class Cosine:
+    """Cosine annealing from lr0 to 0 over ``total_steps`` child steps, torch.optim.lr_scheduler.
+    CosineAnnealingLR's closed form (eta_min 0): lr0 * (1 + cos(pi * step / total_steps)) / 2, taken
+    at the first step of each block (the environment clips the last blocks' rates at LR_MIN)."""
+
+    def __init__(self, initial_lr, total_steps):
+        self.initial_lr, self.total_steps = initial_lr, total_steps
+
+    def next_lr(self, obs, lr, step):
+        return self.initial_lr * (1 + math.cos(math.pi * step / self.total_steps)) / 2
+
+
+def baseline_schedule(run, num_train_steps):
+    """The schedule of a baselines.py run record (its ``kind`` is one of BASELINE_KINDS)."""
+    if run["kind"] == "constant":
+        return StepDecay(run["initial_lr"])
+    if run["kind"] == "cosine":
+        return Cosine(run["initial_lr"], num_train_steps)
+    return StepDecay(run["initial_lr"], run["discount_step"], run["discount_factor"])
 
 
 class Controller:

@@ -6,9 +6,9 @@
 For each of --test-runs seeds, every row trains a child from the same initialization on the same
 batches: the learned controller (the --test-schedule checkpoint, acting with its policy's mode, or
 sampling as the reference does with --test-deterministic 0), the untrained controller (the run's
-initial policy, with the tested checkpoint's observation statistics), and the best step decay and
-best constant rate from baselines.py. A controller trained with --initial-lr 0 is tested from each of
-1e-2, 1e-3 and 1e-4, against the untrained controller and the best baselines that start at the same
+initial policy, with the tested checkpoint's observation statistics), and the best step decay,
+constant rate and cosine annealing from baselines.py. A controller trained with --initial-lr 0 is
+tested from each of 1e-2, 1e-3 and 1e-4, against the untrained controller and the best baselines that start at the same
 rate; the best baselines overall are rows too. Prints mean +- std and standard errors, and paired
 differences; writes results.json and schedules*.png under
 runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode>/.
@@ -26,7 +26,7 @@ from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfi
 from plots import plot_schedules
 from ppo import CHECKPOINT_FORMAT, ActorCritic, load_controller
 from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
-from schedules import Controller, StepDecay, stack
+from schedules import BASELINE_KINDS, Controller, baseline_schedule, stack
 from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
@@ -41,8 +41,11 @@ def load_baseline_runs(args):
     if not (folder / "best.json").exists():
         raise UserError(f"no baseline results at {folder}; run first: " + flags.baselines_command(args))
     best = load_json(folder / "best.json")
-    if not best["step_decay"] or not best["constant"]:
-        raise UserError(f"{folder / 'best.json'} has no finished step-decay or constant run (all diverged?)")
+    if missing := [kind for kind in BASELINE_KINDS if kind not in best]:
+        raise UserError(f"{folder / 'best.json'} predates the {', '.join(missing)} baselines; rerun (it keeps the "
+                        "finished runs): " + flags.baselines_command(args))
+    if empty := [kind for kind in BASELINE_KINDS if not best[kind]]:
+        raise UserError(f"{folder / 'best.json'} has no finished {', '.join(empty)} run (all diverged?)")
     return read_jsonl(folder / "results.jsonl"), best
 
 
@@ -87,22 +90,22 @@ def controller_rows(args, policies, lr):
 
 
 def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
-    """Per start rate: learned, untrained, the best step decay and constant rate from that rate;
-    then the best baselines overall, where no row holds them yet."""
+    """Per start rate: learned, untrained, the best step decay, constant rate and cosine annealing from
+    that rate; then the best baselines overall, where no row holds them yet."""
     policies = load_policies(run_dir, state)
     rows = []
     for lr in start_lrs:
         rows += controller_rows(args, policies, lr)
-        for kind in ("step_decay", "constant"):
+        for kind in BASELINE_KINDS:
             run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
                 suffix = "  (best overall)" if run["name"] == best[kind]["name"] else ""
                 rows.append(Row(f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}: {run['name']}{suffix}",
-                                lr, StepDecay.from_run(run), baseline_config(run)))
-    for kind in ("step_decay", "constant"):
+                                lr, baseline_schedule(run, args.num_train_steps), baseline_config(run)))
+    for kind in BASELINE_KINDS:
         if not any(row.config.get("name") == best[kind]["name"] for row in rows):
             rows.append(Row(f"{kind}_best", f"best {kind.replace('_', ' ')} overall: {best[kind]['name']}", None,
-                            StepDecay.from_run(best[kind]), baseline_config(best[kind])))
+                            baseline_schedule(best[kind], args.num_train_steps), baseline_config(best[kind])))
     return rows
 
 
@@ -201,8 +204,8 @@ def report(args, rows, results, runs, step, out, trained, trained_on, tested_on,
     for row in rows:
         if not row.key.startswith("learned@"):
             continue
-        for other in (f"untrained@{row.start:g}", f"step_decay@{row.start:g}", f"constant@{row.start:g}",
-                      "step_decay_best"):
+        for other in (f"untrained@{row.start:g}", *(f"{kind}@{row.start:g}" for kind in BASELINE_KINDS),
+                      "step_decay_best", "cosine_best"):
             if other in results:
                 comparisons[f"{row.key} - {other}"] = paired_difference(results[row.key]["final_val_loss"],
                                                                        results[other]["final_val_loss"])

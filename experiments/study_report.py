@@ -140,20 +140,22 @@ def diff_cell(diff):
 
 def tables(arms):
     """Markdown: one row per arm, mode and initial rate; final validation loss mean ± standard error."""
-    lines = ["| arm | mode | from | learned | untrained | best step decay | best constant | learned − untrained "
-             "| learned − step decay |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | mode | from | learned | untrained | best step decay | best constant | best cosine "
+             "| learned − untrained | learned − step decay | learned − cosine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, data in arms.items():
         for mode, result in data["tests"].items():
             summary, diffs = result["summary"], result["paired_differences"]
             for start in STARTS:
                 lr = f"{start:g}"
-                row = [f"learned@{lr}", f"untrained@{lr}", f"step_decay@{lr}", f"constant@{lr}"]
+                row = [f"learned@{lr}", f"untrained@{lr}", f"step_decay@{lr}", f"constant@{lr}", f"cosine@{lr}"]
                 if row[0] not in summary:
                     continue
                 cells = [cell(summary[k]) if k in summary else "n/a" for k in row]
                 lines.append(f"| {arm} | {mode} | {lr} | " + " | ".join(cells) + " | "
                              + diff_cell(diffs.get(f"{row[0]} - {row[1]}")) + " | "
-                             + diff_cell(diffs.get(f"{row[0]} - {row[2]}")) + " |")
+                             + diff_cell(diffs.get(f"{row[0]} - {row[2]}")) + " | "
+                             + diff_cell(diffs.get(f"{row[0]} - {row[4]}")) + " |")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
 import re
 import shlex
 import shutil
@@ -106,8 +107,13 @@ def test_baselines_pick_the_lowest_final_validation_loss(trained):
     runs, _, _ = trained
     folder = next((runs / "baselines").iterdir())
     results = jsonl(folder / "results.jsonl")
-    assert len(results) == 3 * 1 * 1 + 3
+    assert len(results) == 3 * 1 * 1 + 3 + 3  # step decay grid, then a constant and a cosine per rate
     best = json.loads((folder / "best.json").read_text())
+    cosine = [r for r in results if r["kind"] == "cosine"]
+    assert best["cosine"]["final_val_loss"] == min(r["final_val_loss"] for r in cosine)
+    lr0 = best["cosine"]["initial_lr"]  # 12 steps, blocks of 3: the rate at each block's first step
+    assert best["cosine"]["curves"]["lr"][1:] == pytest.approx(
+        [max(lr0 * (1 + math.cos(math.pi * step / 12)) / 2, 1e-5) for step in range(0, 12, 3)])
     step_decay = [r for r in results if r["kind"] == "step_decay"]
     assert best["step_decay"]["final_val_loss"] == min(r["final_val_loss"] for r in step_decay)
     lr_curve = best["step_decay"]["curves"]["lr"]
@@ -126,9 +132,10 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
     result = json.loads((folder / "results.json").read_text())
     assert not result["transfer"] and len(result["seeds"]) == 2 and result["mode"] == "deterministic"
     for lr in ("0.01", "0.001", "0.0001"):  # trained with --initial-lr 0: tested from each rate
-        assert {f"{kind}@{lr}" for kind in ("learned", "untrained", "step_decay", "constant")} <= set(result["rows"])
+        assert {f"{kind}@{lr}" for kind in ("learned", "untrained", "step_decay", "constant", "cosine")} <= set(result["rows"])
         assert result["rows"][f"learned@{lr}"]["initial_lr"] == float(lr)
         assert f"learned@{lr} - untrained@{lr}" in result["paired_differences"]
+        assert f"learned@{lr} - cosine@{lr}" in result["paired_differences"]
     for key, method in result["runs"].items():
         assert len(method["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in method["test_accuracy"])
     for lr in ("0.01", "0.001", "0.0001"):
@@ -324,11 +331,11 @@ def test_baselines_resume_skips_finished_runs(mnist_dir, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = len(jsonl(results()))
-    assert finished < 9
+    assert finished < 12
     out = run("baselines.py", *common).stdout
-    assert f"{finished} runs finished, {9 - finished} to go" in out
+    assert f"{finished} runs finished, {12 - finished} to go" in out
     names = [r["name"] for r in jsonl(results())]
-    assert len(names) == len(set(names)) == 9
+    assert len(names) == len(set(names)) == 12  # 6 step decays, 3 constant, 3 cosine
 
     fresh = tmp_path / "fresh"
     run("baselines.py", *[fresh if a == tmp_path else a for a in common])
@@ -463,7 +470,7 @@ def test_results_report_sample_std_standard_errors_and_configs(trained):
     assert result["rows"]["learned@0.01"]["config"]["checkpoint"] == "best"
     assert result["trained_args"]["initial_lr"] == 0
     out = run("baselines.py", *common, *TINY_GRID).stdout
-    assert "top 5 of 6 finished runs" in out
+    assert "top 5 of 9 finished runs" in out
 
 
 def test_a_preset_sets_its_flags_and_explicit_flags_win():

@@ -13,6 +13,7 @@ from children import BatchedAdam, ModuleChildren, VmapChildren, make_children
 from environment import (LR_MAX, LR_MIN, Discrete, EnvConfig, VecALRSEnv, apply_action, observation_features,
                          run_episode)
 from models import build_model, output_layer_name
+from schedules import Cosine, baseline_schedule
 
 TRAIN_SIZE, VAL_SIZE, BATCH, FREQ, STEPS = 200, 50, 16, 3, 12
 BLOCKS = STEPS // FREQ  # actions (and trained blocks) per episode; observations are one more
@@ -521,3 +522,16 @@ def test_child_diverging_in_its_first_block_ends_at_the_first_step(splits, monke
     np.testing.assert_array_equal(infos[0]["final_observation"], fresh[0])  # its last finite observation
     assert np.isfinite(obs).all() and np.isfinite(reward).all()
     assert reward[0] == pytest.approx(-max(math.log(10), fresh[0, 1]) * BLOCKS, rel=1e-6)
+
+
+def test_cosine_baseline_follows_torch_cosine_annealing_per_block():
+    """The cosine baseline is CosineAnnealingLR (eta_min 0) stepped once per block of FREQ steps."""
+    lr0, total, freq = 1e-2, 60, 10
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total // freq)
+    cosine = Cosine(lr0, total)
+    for step in range(0, total, freq):
+        assert cosine.next_lr(None, None, step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
+        optimizer.step()
+        reference.step()
+    assert baseline_schedule({"kind": "cosine", "initial_lr": lr0}, total).next_lr(None, None, total) == 0
