@@ -1,0 +1,145 @@
+"""ALRSScheduler in a plain PyTorch loop gives the environment's learning rates and losses exactly."""
+import importlib.util
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from children import BatchSampler, to_float
+from conftest import ROOT
+from data import load_splits
+from environment import EnvConfig, VecALRSEnv, run_episode
+from models import build_model
+from scheduler import ALRSScheduler, load_scheduler_controller
+from schedules import Controller
+
+PRETRAINED = ROOT / "pretrained" / "fa-mnist_mlp_stable.pt"
+STEPS, FREQ, BATCH, SEED = 40, 10, 16, 3
+
+
+@pytest.fixture(scope="module")
+def splits(mnist_dir):
+    return load_splits("fa-mnist", mnist_dir, train_size=200, val_size=60)
+
+
+def environment_run(splits, controller, initial_lr):
+    """test.py's learned row: one environment, no noise, driven by the controller."""
+    config = EnvConfig(architecture="mlp", batch_size=BATCH, update_freq=FREQ, num_train_steps=STEPS, lr_noise=False)
+    envs = VecALRSEnv(config, splits, [SEED], "cpu", autoreset=False)
+    controller.initial_lr = initial_lr
+    return run_episode(envs, lambda obs, lr, step: np.array([controller.next_lr(obs[0], lr[0], step)]),
+                       [SEED], [initial_lr])
+
+
+def plain_loop(splits, controller, initial_lr, steps=STEPS, scheduler_state=None):
+    """A user's loop: the environment's child and batches through a DataLoader, Adam and the scheduler.
+    Returns the model, the scheduler, and the (lr, val loss) after each block."""
+    child_seed = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(2 * SEED)))
+    torch.manual_seed(child_seed)
+    model = build_model("mlp", 1, (28, 28))
+    order = BatchSampler(len(splits.train_x), BATCH, [torch.Generator().manual_seed(2 * SEED + 1)]).block(STEPS, [True])
+    loader = DataLoader(TensorDataset(to_float(splits.train_x.clone()), splits.train_y),
+                        batch_sampler=[indices.tolist() for indices in order[:, 0]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=initial_lr)
+    scheduler = ALRSScheduler(optimizer, model, controller, (to_float(splits.val_x.clone()), splits.val_y),
+                              update_freq=FREQ)
+    blocks = [(scheduler.lr, scheduler.val_loss)]
+    for images, labels in loader:
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step(loss)
+        if scheduler.steps % FREQ == 0:
+            blocks.append((scheduler.lr, scheduler.val_loss))
+    return model, scheduler, blocks
+
+
+@pytest.mark.parametrize("initial_lr", [1e-2, 1e-4])
+def test_scheduler_reproduces_the_environment_exactly(splits, initial_lr):
+    controller = load_scheduler_controller(PRETRAINED)
+    episode = environment_run(splits, controller, initial_lr)
+    _, scheduler, blocks = plain_loop(splits, controller, initial_lr)
+    rates, losses = np.array(blocks).T
+    # the environment records at each observation the rate of the block that ended there; the
+    # scheduler's rate after an observation is the next block's
+    np.testing.assert_array_equal(losses, episode["val_loss"][0])
+    np.testing.assert_array_equal(rates[:-1], episode["lr"][0, 1:])
+    assert len(set(rates)) > 2  # the controller changed the rate at every action
+    assert scheduler.get_last_lr() == [rates[-1]]
+
+
+def test_scheduler_state_dict_resumes_exactly(splits):
+    controller = load_scheduler_controller(PRETRAINED)
+    _, _, blocks = plain_loop(splits, controller, 1e-3)
+    model, scheduler, _ = plain_loop(splits, controller, 1e-3)
+    saved = scheduler.state_dict()
+    fresh_optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    resumed = ALRSScheduler(fresh_optimizer, model, controller, (to_float(splits.val_x), splits.val_y))
+    resumed.load_state_dict(saved)
+    assert resumed.get_last_lr() == [blocks[-1][0]] and resumed.steps == STEPS
+    assert torch.equal(resumed.prev_logits, scheduler.prev_logits)
+
+
+def test_scheduler_accepts_a_dataloader_and_sets_every_group(splits):
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = torch.optim.Adam([{"params": model.layers[:2].parameters()},
+                                  {"params": model.layers[2:].parameters(), "lr": 0.05}], lr=1e-3)
+    val = DataLoader(TensorDataset(to_float(splits.val_x), splits.val_y), batch_size=25)
+    scheduler = ALRSScheduler(optimizer, model, str(PRETRAINED), val)
+    tensors = ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-3), model, str(PRETRAINED),
+                            (to_float(splits.val_x), splits.val_y))
+    assert scheduler.val_loss == pytest.approx(tensors.val_loss, rel=1e-6)
+    assert scheduler.get_last_lr() == [tensors.lr, tensors.lr] and tensors.lr != 1e-3
+
+
+def test_scheduler_warns_for_other_optimizers_only(splits):
+    model = build_model("mlp", 1, (28, 28))
+    val = (to_float(splits.val_x), splits.val_y)
+    with pytest.warns(UserWarning, match="trained to set Adam's learning rate"):
+        ALRSScheduler(torch.optim.SGD(model.parameters(), lr=1e-3), model, PRETRAINED, val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-3), model, PRETRAINED, val)
+
+
+def test_sampled_actions_follow_the_global_seed(splits):
+    model = build_model("mlp", 1, (28, 28))
+    val = (to_float(splits.val_x), splits.val_y)
+    controller = load_scheduler_controller(PRETRAINED, deterministic=False)
+    with torch.no_grad():  # a policy centred on "keep the rate", so samples do not all hit the clip
+        controller.agent.actor[-1].weight.zero_()
+        controller.agent.actor[-1].bias.zero_()
+        controller.agent.log_std.fill_(-3.0)
+
+    def first_rate(seed):
+        torch.manual_seed(seed)
+        return ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-3), model, controller, val).lr
+
+    assert first_rate(0) == first_rate(0)
+    assert len({first_rate(seed) for seed in range(5)}) == 5
+
+
+def test_pretrained_controller_is_the_study_policy():
+    controller = load_scheduler_controller(PRETRAINED)
+    assert isinstance(controller, Controller) and controller.action_param == "log"
+    assert not controller.agent.discrete and controller.normalizer.training is False
+    state = torch.load(PRETRAINED, weights_only=True)
+    assert state["trained_args"]["reward"] == "log-improvement" and state["timesteps"] == 40000
+
+
+def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, capsys):
+    spec = importlib.util.spec_from_file_location("own_loop", ROOT / "examples" / "own_loop.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    common = ["--data-dir", str(mnist_dir), "--val-size", "100", "--steps", "20", "--batch-size", "16",
+              "--log-every", "10"]
+    for extra, changed in (([], True), (["--constant"], False)):
+        example.main(common + extra)
+        lines = capsys.readouterr().out.splitlines()
+        rates = [float(re.search(r"lr (\S+)", line).group(1)) for line in lines]
+        assert len(lines) == 2 and all(r != 1e-3 for r in rates) == changed, lines
