@@ -1,6 +1,7 @@
 """Command-line flags: the reference's names and defaults, in groups defined once; each script parses
 only the groups it uses, so a flag another script reads is an error, not silently ignored."""
 import argparse
+import importlib.util
 import shlex
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def add_controller_flags(p):
                    help="named defaults, flags given explicitly win: " + "; ".join(
                        f"{name} = {describe(values)}" for name, values in PRESETS.items()))
     g.add_argument("--tb-suffix", default="", help="suffix appended to the experiment id")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard scalars to runs/<id>/tb (needs: pip install tensorboard)")
     g.add_argument("--resume", default=None, metavar="ID", help="continue experiment ID with its saved settings")
 
 
@@ -193,6 +196,8 @@ def check(parser, args):
         if value and not RUN_ID_PATTERN.fullmatch(value):
             parser.error(f"argument --{name.replace('_', '-')}: {value!r} is not a plain name "
                          "(letters, digits, '.', '_', '-'; no paths)")
+    if getattr(args, "tensorboard", False) and importlib.util.find_spec("tensorboard") is None:
+        parser.error("argument --tensorboard: the tensorboard package is not installed (pip install tensorboard)")
     if has("action_range") and args.action_range <= 1:
         parser.error(f"argument --action-range: must be > 1, got {args.action_range}")
     if has("ppo2_lr"):

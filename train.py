@@ -22,6 +22,7 @@ from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, Rollout
                  controller_state, policy_statistics, ppo_update)
 from runs import (BEST_WINDOW, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
                   save_training_state)
+from tensorboard_log import TensorBoardLog
 from utils import append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli, save_checkpoint
 
 NUM_PERIODIC_CHECKPOINTS = 10
@@ -34,7 +35,7 @@ def resumed_args(args):
     added since the run started take their defaults)."""
     run_dir = find_run(args.runs_dir, args.resume)
     saved = vars(flags.build_parser("train").parse_args([])) | load_json(run_dir / "args.json")
-    saved.update(resume=args.resume, runs_dir=args.runs_dir, device=args.device)
+    saved.update(resume=args.resume, runs_dir=args.runs_dir, device=args.device, tensorboard=args.tensorboard)
     return type(args)(**saved), run_dir
 
 
@@ -157,6 +158,7 @@ def main(argv=None):
         done = np.zeros(num_envs, dtype=bool)
     for path in (episodes_path, updates_path):
         keep_records_before(path, start_update)
+    board = TensorBoardLog(run_dir / "tb", purge_step=start_update * num_envs * num_steps) if args.tensorboard else None
 
     progress = tqdm(total=num_updates * num_envs * num_steps, initial=start_update * num_envs * num_steps,
                     unit="step", desc="controller", dynamic_ncols=True)
@@ -194,6 +196,8 @@ def main(argv=None):
             for record in episodes:
                 append_jsonl(episodes_path, record)
             append_jsonl(updates_path, stats)
+            if board:
+                board.add(episodes, stats)
 
             save_training_state(run_dir, {
                 **controller(), "optimizer": optimizer.state_dict(), "env": raw_envs.state_dict(),
@@ -210,7 +214,10 @@ def main(argv=None):
         progress.close()
         report_stop()
         raise
-    progress.close()
+    finally:
+        progress.close()
+        if board:
+            board.close()
     best = f"none (fewer than {BEST_WINDOW} episodes per initial rate)" if best_val == float("inf") else f"{best_val:.4f}"
     print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes per initial rate "
           f"{best}; "

@@ -482,3 +482,26 @@ def test_a_preset_sets_its_flags_and_explicit_flags_win():
         assert changed == ({} if name == "reference" else {"preset": name, **values})
         overridden = vars(flags.parse_args("train", ["--preset", name, "--ppo2-ent-coef", "0.05"]))
         assert overridden["ppo2_ent_coef"] == 0.05
+
+
+def test_tensorboard_writes_the_jsonl_metrics_as_scalars(mnist_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--tensorboard",
+              "--tb-suffix", "board").stdout
+    run_dir = tmp_path / experiment_id(out)
+    assert run_dir.name.endswith("_board")
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    scalars = lambda tag: [(e.step, e.value) for e in events.Scalars(tag)]
+    updates, episodes = jsonl(run_dir / "updates.jsonl"), jsonl(run_dir / "episodes.jsonl")
+    assert scalars("ppo/approx_kl") == [(u["timesteps"], pytest.approx(u["approx_kl"], rel=1e-6)) for u in updates]
+    assert {"ppo/entropy", "ppo/policy_std", "ppo/explained_variance"} <= set(events.Tags()["scalars"])
+    finals = [(e["timesteps"], e["final_val_loss"]) for e in episodes if e["final_val_loss"] is not None]
+    assert len(finals) > 0 and scalars("episode/final_val_loss") == [(t, pytest.approx(v, rel=1e-6)) for t, v in finals]
+    assert scalars("episode/log_final_val_loss")[0][1] == pytest.approx(math.log(finals[0][1]), rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    result = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--tensorboard", check=False)
+    assert result.returncode == 2 and "pip install tensorboard" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
