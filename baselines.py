@@ -56,7 +56,7 @@ def main(argv=None):
     todo = [run for run in grid(args) if run["name"] not in done]
     print(f"baselines of {out.name}: {len(done)} runs finished, {len(todo)} to go  ({out})")
     device = resolve_device(args.device)
-    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
+    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
     config = EnvConfig.from_args(args, lr_noise=False)
     with tqdm(total=len(todo), unit="run", desc="baselines", dynamic_ncols=True) as progress:
         for start in range(0, len(todo), args.num_envs):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import ImageFolder
+from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, ImageFolder
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -62,6 +62,14 @@ class Splits:
 MNIST_FOLDERS = {"mnist": "MNIST", "fa-mnist": "FashionMNIST"}
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+TORCHVISION_CLASSES = {"mnist": MNIST, "fa-mnist": FashionMNIST, "cifar10": CIFAR10}
+MISSING_HINTS = {  # where the files go, for a machine without network
+    "mnist": "copy ../shared/data/MNIST (or torchvision's MNIST/raw files) into {data_dir}/, or pass --data-dir",
+    "fa-mnist": "copy ../shared/data/FashionMNIST (or torchvision's FashionMNIST/raw files) into {data_dir}/, "
+                "or pass --data-dir",
+    "cifar10": "unpack cifar-10-python.tar.gz into {data_dir}/ (it holds cifar-10-batches-py/), or pass --data-dir",
+}
 
 
 def _read_idx(raw_dir, name, reader):
@@ -79,14 +87,34 @@ def _read_idx(raw_dir, name, reader):
         raise UserError(f"{path} is damaged ({type(error).__name__}: {error}); replace it with a fresh copy") from None
 
 
+def missing_files(dataset, data_dir):
+    """The files of a named dataset that are not under ``data_dir`` (in torchvision's layout)."""
+    if dataset == "cifar10":
+        folder = Path(data_dir) / "cifar-10-batches-py"
+        return [str(folder / n) for n in CIFAR10_FILES if not (folder / n).exists()]
+    raw_dir = Path(data_dir) / MNIST_FOLDERS[dataset] / "raw"
+    return [str(raw_dir / n) for pair in MNIST_FILES.values() for n in pair
+            if not (raw_dir / n).exists() and not (raw_dir / f"{n}.gz").exists()]
+
+
+def download_dataset(dataset, data_dir):
+    """Fetch a named dataset with torchvision's own class, which writes exactly the layout read here
+    and checks each archive's MD5 sum; a failure (no network, a bad archive) is a UserError."""
+    print(f"downloading {dataset} into {data_dir}/ with torchvision ...", flush=True)
+    try:
+        TORCHVISION_CLASSES[dataset](root=str(data_dir), train=True, download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; bad checksums are RuntimeErrors
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not download {dataset} ({reason}); without network, "
+                        + MISSING_HINTS[dataset].format(data_dir=data_dir)) from None
+
+
 def load_mnist_like(dataset, data_dir):
     """Official train and test splits of MNIST / Fashion-MNIST from raw or .gz IDX files."""
     raw_dir = Path(data_dir) / MNIST_FOLDERS[dataset] / "raw"
-    names = [n for pair in MNIST_FILES.values() for n in pair]
-    missing = [n for n in names if not (raw_dir / n).exists() and not (raw_dir / f"{n}.gz").exists()]
-    if missing:
-        raise UserError(f"{dataset} not found: put {', '.join(missing)} (raw or .gz) in {raw_dir}/ "
-                        f"(copy ../shared/data/{MNIST_FOLDERS[dataset]} into {data_dir}/, or pass --data-dir)")
+    if missing := missing_files(dataset, data_dir):
+        raise UserError(f"{dataset} not found: {', '.join(Path(m).name for m in missing)} missing in {raw_dir}/; "
+                        + MISSING_HINTS[dataset].format(data_dir=data_dir) + ", or pass --download")
     splits = {}
     for split, (images, labels) in MNIST_FILES.items():
         x = _read_idx(raw_dir, images, read_image_file).unsqueeze(1)
@@ -116,11 +144,10 @@ def _read_cifar_batch(path):
 def load_cifar10(data_dir):
     """Official CIFAR-10 train (data_batch_1..5) and test (test_batch) splits, python format."""
     folder = Path(data_dir) / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    missing = [n for n in names if not (folder / n).exists()]
-    if missing:
-        raise UserError(f"cifar10 not found: put {', '.join(missing)} in {folder}/ "
-                        "(unpack cifar-10-python.tar.gz there, or pass --data-dir)")
+    names = CIFAR10_FILES
+    if missing := missing_files("cifar10", data_dir):
+        raise UserError(f"cifar10 not found: {', '.join(Path(m).name for m in missing)} missing in {folder}/; "
+                        + MISSING_HINTS["cifar10"].format(data_dir=data_dir) + ", or pass --download")
     try:
         train = [_read_cifar_batch(folder / n) for n in names[:-1]]
         test = _read_cifar_batch(folder / names[-1])
@@ -169,12 +196,15 @@ def load_image_folder(path):
     return (train_x, train_y), (test_x, test_y), len(classes)
 
 
-def load_splits(dataset, data_dir, train_size=None, val_size=DEFAULT_VAL_SIZE, device="cpu"):
+def load_splits(dataset, data_dir, train_size=None, val_size=DEFAULT_VAL_SIZE, device="cpu", download=False):
     """The train/validation/test splits of a dataset as uint8 tensors on ``device``.
 
     The validation split is a fixed random subset (seed SPLIT_SEED) of the official training set;
-    the training split is the rest, or its first ``train_size`` samples.
+    the training split is the rest, or its first ``train_size`` samples. ``download``: fetch a named
+    dataset whose files are missing.
     """
+    if download and dataset in TORCHVISION_CLASSES and missing_files(dataset, data_dir):
+        download_dataset(dataset, data_dir)
     if dataset in MNIST_FOLDERS:
         (x, y), (test_x, test_y), num_classes = load_mnist_like(dataset, data_dir)
     elif dataset == "cifar10":

@@ -47,6 +47,8 @@ def add_setting_flags(p):
                    help="child's initial learning rate; 0 draws one of 1e-2, 1e-3, 1e-4 per episode")
     g.add_argument("--num-envs", type=int, default=4, help="environments (children) trained together")
     g.add_argument("--data-dir", default="data", help="folder holding the datasets (torchvision layout)")
+    g.add_argument("--download", action="store_true",
+                   help="download mnist, fa-mnist or cifar10 into --data-dir if its files are missing")
     g.add_argument("--train-size", type=int, default=None,
                    help="training samples (default: the train split minus the validation split)")
     g.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="validation samples")

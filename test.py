@@ -166,7 +166,7 @@ def main(argv=None):
     print(f"controller {args.test_id} ({args.test_schedule}, {mode}), trained on {trained_on}, tested on "
           f"{tested_on}" + ("  [TRANSFER]" if transfer else ""))
     device = resolve_device(args.device)
-    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
+    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
     config = EnvConfig.from_args(args, lr_noise=False)
     schedules = [row.schedule for row in rows]
     runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]

@@ -35,7 +35,8 @@ def resumed_args(args):
     added since the run started take their defaults)."""
     run_dir = find_run(args.runs_dir, args.resume)
     saved = vars(flags.build_parser("train").parse_args([])) | load_json(run_dir / "args.json")
-    saved.update(resume=args.resume, runs_dir=args.runs_dir, device=args.device, tensorboard=args.tensorboard)
+    saved.update(resume=args.resume, runs_dir=args.runs_dir, device=args.device, tensorboard=args.tensorboard,
+                 download=args.download)
     return type(args)(**saved), run_dir
 
 
@@ -103,7 +104,7 @@ def main(argv=None):
     check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
     print(f"loading {args.dataset} from {args.data_dir} ...", flush=True)
-    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device)
+    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
     run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
     print(f"experiment id: {run_dir.name}  ({run_dir})", flush=True)
 

@@ -505,3 +505,12 @@ def test_tensorboard_without_the_package_is_a_one_line_error(mnist_dir, tmp_path
     result = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--tensorboard", check=False)
     assert result.returncode == 2 and "pip install tensorboard" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def test_download_failure_is_a_one_line_error_before_any_experiment(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # discard port
+    result = run("train.py", "--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs", *TINY, "--download",
+                 check=False)
+    assert_one_line_error(result, "could not download fa-mnist", "copy ../shared/data/FashionMNIST")
+    assert not list((tmp_path / "runs").iterdir())

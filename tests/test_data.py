@@ -1,10 +1,18 @@
 """Data loading (data.load_splits) from tiny files in the real formats, and checkpoint/file I/O."""
+import functools
+import hashlib
+import http.server
 import os
 import pickle
+import socket
+import tarfile
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import utils
 from conftest import make_images, write_cifar, write_image_folder, write_mnist
@@ -307,3 +315,85 @@ def test_read_jsonl_refuses_a_damaged_middle_line(tmp_path):
     path.write_text('{"update": 0}\n{"upd\n{"update": 2}\n')
     with pytest.raises(UserError, match="line 2"):
         utils.read_jsonl(path)
+
+
+# ----------------------------------------------------------------------------- --download
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A loopback HTTP server over a folder: (folder, its URL). No test reaches the internet."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def serve_fashion_mnist(mirror, monkeypatch, corrupt=None):
+    """Tiny Fashion-MNIST .gz archives on the mirror, torchvision's FashionMNIST pointed at them."""
+    folder, url = mirror
+    write_mnist(folder / "made", "FashionMNIST", compress=True)
+    resources = []
+    for path in sorted((folder / "made" / "FashionMNIST" / "raw").iterdir()):
+        path.rename(folder / path.name)
+        resources.append((path.name, "0" * 32 if path.name == corrupt else md5(folder / path.name)))
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [url])
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
+
+
+def test_download_fetches_fashion_mnist_into_the_layout_read(tmp_path, mirror, monkeypatch):
+    serve_fashion_mnist(mirror, monkeypatch)
+    data_dir = tmp_path / "data"
+    splits = load_splits("fa-mnist", data_dir, val_size=50, download=True)
+    reference = load_splits("fa-mnist", write_mnist(tmp_path / "reference", "FashionMNIST"), val_size=50)
+    assert torch.equal(splits.train_x, reference.train_x) and torch.equal(splits.test_y, reference.test_y)
+    assert (data_dir / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    mirror[0].joinpath("train-images-idx3-ubyte.gz").unlink()  # present files are not fetched again
+    load_splits("fa-mnist", data_dir, val_size=50, download=True)
+
+
+def test_download_fetches_cifar10(tmp_path, mirror, monkeypatch):
+    folder, url = mirror
+    batches = write_cifar(folder / "made") / "cifar-10-batches-py"
+    with open(batches / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as archive:
+        archive.add(batches, arcname="cifar-10-batches-py")
+    cifar = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cifar, "url", url + "cifar-10-python.tar.gz")
+    monkeypatch.setattr(cifar, "tgz_md5", md5(folder / "cifar-10-python.tar.gz"))
+    monkeypatch.setattr(cifar, "train_list", [[n, md5(batches / n)] for n in CIFAR_NAMES[:-1]])
+    monkeypatch.setattr(cifar, "test_list", [["test_batch", md5(batches / "test_batch")]])
+    monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": md5(batches / "batches.meta")})
+    splits = load_splits("cifar10", tmp_path / "data", val_size=20, download=True)
+    assert splits.train_x.shape == (5 * 60 - 20, 3, 32, 32) and splits.num_classes == 10
+
+
+def test_a_corrupt_archive_is_a_user_error(tmp_path, mirror, monkeypatch):
+    serve_fashion_mnist(mirror, monkeypatch, corrupt="t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(UserError, match="could not download fa-mnist"):
+        load_splits("fa-mnist", tmp_path / "data", val_size=50, download=True)
+
+
+def test_without_network_the_error_says_what_to_copy_where(tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
+    with pytest.raises(UserError) as error:
+        load_splits("fa-mnist", tmp_path, download=True)
+    message = str(error.value)
+    assert "could not download fa-mnist" in message and "copy ../shared/data/FashionMNIST" in message
+    assert "\n" not in message
