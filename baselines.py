@@ -14,6 +14,7 @@ import math
 
 from tqdm import tqdm
 
+import distributed
 import flags
 from data import load_splits
 from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
@@ -48,22 +49,39 @@ def run_schedules(runs, config, splits, seed, device):
 
 def main(argv=None):
     args = flags.parse_args("baselines", argv)
+    with distributed.process_group(resolve_device(args.device)) as device:
+        sweep(args, device)
+
+
+def sweep(args, device):
+    """Run the grid's unfinished runs (under torchrun: split across the ranks, rank 0 records them),
+    then write best.json and best.png."""
     out = baseline_dir(args)
-    check_writable(out)
     results_path = out / "results.jsonl"
-    drop_torn_last_line(results_path)
-    done = {r["name"] for r in read_jsonl(results_path)}
-    todo = [run for run in grid(args) if run["name"] not in done]
-    print(f"baselines of {out.name}: {len(done)} runs finished, {len(todo)} to go  ({out})")
-    device = resolve_device(args.device)
+    todo = None
+    if distributed.is_main():
+        check_writable(out)
+        drop_torn_last_line(results_path)
+        done = {r["name"] for r in read_jsonl(results_path)}
+        todo = [run for run in grid(args) if run["name"] not in done]
+        print(f"baselines of {out.name}: {len(done)} runs finished, {len(todo)} to go  ({out})")
+    todo = distributed.broadcast(todo)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
     config = EnvConfig.from_args(args, lr_noise=False)
-    with tqdm(total=len(todo), unit="run", desc="baselines", dynamic_ncols=True) as progress:
-        for start in range(0, len(todo), args.num_envs):
-            for result in run_schedules(todo[start:start + args.num_envs], config, splits, args.seed, device):
-                append_jsonl(results_path, result)
+    mine, world = distributed.shard(todo), distributed.world_size()
+    rounds = math.ceil(math.ceil(len(todo) / world) / args.num_envs)  # the same on every rank
+    with tqdm(total=len(todo), unit="run", desc="baselines", dynamic_ncols=True,
+              disable=not distributed.is_main()) as progress:
+        for start in range(0, rounds * args.num_envs, args.num_envs):
+            batch = mine[start:start + args.num_envs]
+            finished = run_schedules(batch, config, splits, args.seed, device) if batch else []
+            for result in (r for results in distributed.all_gather(finished) for r in results):
+                if distributed.is_main():
+                    append_jsonl(results_path, result)
                 progress.update(1)
                 progress.set_postfix(last=result["name"], val_loss=result["final_val_loss"])
+    if not distributed.is_main():
+        return
 
     results = read_jsonl(results_path)
     best = {"setting": out.name, "args": vars(args)} | {kind: best_of(results, kind) for kind in BASELINE_KINDS}

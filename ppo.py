@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
+from distributed import average_gradients, merge_moments
+
 HIDDEN = 32
 GAE_LAMBDA = 0.95
 VALUE_COEF = 0.5
@@ -82,8 +84,9 @@ class RunningMeanStd:
         self.count = 1e-4
 
     def update(self, batch):
+        """Add a batch (under torchrun: every rank's batch, so every rank holds the same statistics)."""
         batch = np.asarray(batch, dtype=np.float64)
-        batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
+        batch_mean, batch_var, batch_count = merge_moments(batch.mean(0), batch.var(0), batch.shape[0])
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
@@ -256,9 +259,11 @@ def policy_statistics(agent, obs, actions, action_low=None, action_high=None):
 
 
 def gradient_step(agent, optimizer, loss, max_grad_norm):
-    """One optimizer step with the gradient norm clipped (the piece a DD-PPO all-reduce wraps)."""
+    """One optimizer step with the gradient norm clipped; under torchrun the gradients are first
+    averaged over the ranks (DD-PPO), so every rank's controller stays the same."""
     optimizer.zero_grad()
     loss.backward()
+    average_gradients(agent.parameters())
     nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
     optimizer.step()
 
@@ -269,7 +274,7 @@ def explained_variance(predicted, target):
     return float("nan") if var == 0 else (1 - (target - predicted).var() / var).item()
 
 
-def ppo_update(agent, optimizer, batch, config, generator=None, step=gradient_step):
+def ppo_update(agent, optimizer, batch, config, generator=None):
     """``num_epochs`` passes of shuffled minibatches over a rollout batch; mean statistics."""
     size = batch["obs"].shape[0]
     minibatch_size = size // config.num_minibatches
@@ -279,7 +284,7 @@ def ppo_update(agent, optimizer, batch, config, generator=None, step=gradient_st
         for start in range(0, size, minibatch_size):
             index = order[start:start + minibatch_size]
             loss, stats = ppo_loss(agent, {k: v[index] for k, v in batch.items()}, config)
-            step(agent, optimizer, loss, config.max_grad_norm)
+            gradient_step(agent, optimizer, loss, config.max_grad_norm)
             history.append(stats)
     means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
     means["explained_variance"] = explained_variance(batch["values"], batch["returns"])

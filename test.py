@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import distributed
 import flags
 from data import dataset_name, load_splits
 from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, run_episode
@@ -145,6 +146,13 @@ def paired_difference(a, b):
 
 def main(argv=None):
     args = flags.parse_args("test", argv)
+    with distributed.process_group(resolve_device(args.device)) as device:
+        evaluate(args, argv, device)
+
+
+def evaluate(args, argv, device):
+    """Test every row on --test-runs seeds (under torchrun: the seeds split across the ranks, rank 0
+    reports), with the same numbers either way."""
     run_dir = find_run(args.runs_dir, args.test_id)
     trained = load_json(run_dir / "args.json")
     args = settings(args, argv, trained)
@@ -162,35 +170,43 @@ def main(argv=None):
     checkpoint = args.test_schedule.removesuffix(".pt")
     out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else "")
                               + f"_{checkpoint}_{mode}")
-    check_writable(out)
+    if distributed.is_main():
+        check_writable(out)
     print(f"controller {args.test_id} ({args.test_schedule}, {mode}), trained on {trained_on}, tested on "
           f"{tested_on}" + ("  [TRANSFER]" if transfer else ""))
-    device = resolve_device(args.device)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
     config = EnvConfig.from_args(args, lr_noise=False)
     schedules = [row.schedule for row in rows]
     runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]
-    results = {row.key: {m: [] for m in METRICS} | {"curves": []} for row in rows}
+    finished = {}  # run index -> the curves and metrics of every row on that seed
+    tell = lambda: report(args, rows, [finished[i] for i in sorted(finished)], runs, out, trained, trained_on,
+                          tested_on, transfer)
     try:
-        for run in tqdm(runs, unit="run", desc="test", dynamic_ncols=True):
-            torch.manual_seed(run["seed"])  # the sampled actions of a seed are reproducible
-            envs = VecALRSEnv(config, splits, [run["seed"]] * len(rows), device, autoreset=False)
-            curves = run_episode(envs, stack(schedules), [run["seed"]] * len(rows),
-                                 [s.initial_lr for s in schedules])
-            for i, row in enumerate(rows):
-                for metric in METRICS:
-                    results[row.key][metric].append(curves[metric][i])
-                results[row.key]["curves"].append({k: curves[k][i] for k in CURVES})
+        for index in tqdm(distributed.shard(range(len(runs))), unit="run", desc="test", dynamic_ncols=True,
+                          disable=not distributed.is_main()):
+            finished[index] = run_seed(runs[index]["seed"], config, splits, device, schedules)
     except KeyboardInterrupt:
-        if results[rows[0].key]["curves"]:  # report the runs that finished, then stop
-            report(args, rows, results, runs, curves["step"], out, trained, trained_on, tested_on, transfer)
+        if finished and distributed.world_size() == 1:  # report the runs that finished, then stop
+            tell()
         raise
-    report(args, rows, results, runs, curves["step"], out, trained, trained_on, tested_on, transfer)
+    finished = {index: curves for part in distributed.all_gather(finished) for index, curves in part.items()}
+    if distributed.is_main():
+        tell()
 
 
-def report(args, rows, results, runs, step, out, trained, trained_on, tested_on, transfer):
-    """Print the table of the finished runs and the paired differences; write results.json and figures."""
-    finished = len(results[rows[0].key]["curves"])
+def run_seed(seed, config, splits, device, schedules):
+    """One child per schedule, all from the same initialization and batches of ``seed``."""
+    torch.manual_seed(seed)  # the sampled actions of a seed are reproducible
+    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
+    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules])
+
+
+def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfer):
+    """Print the table of the finished seeds (run_episode's results, in seed order) and the paired
+    differences; write results.json and figures."""
+    finished, step = len(seeds), seeds[0]["step"]
+    results = {row.key: {m: [curves[m][i] for curves in seeds] for m in METRICS}
+               | {"curves": [{k: curves[k][i] for k in CURVES} for curves in seeds]} for i, row in enumerate(rows)}
     summary = {row.key: {m: summarize(results[row.key][m]) for m in METRICS} for row in rows}
     width = max(len(row.label) for row in rows) + 2
     print(f"\n{finished} seeds, mean +- sample std (standard error); lower loss is better"

@@ -9,11 +9,13 @@ checkpoints/{latest,best,step-*}.pt and progress.png.
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import distributed
 import flags
 from data import load_splits
 from environment import OBS_DIM, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, nearest_start
@@ -23,7 +25,8 @@ from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, Rollout
 from runs import (BEST_WINDOW, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
                   save_training_state)
 from tensorboard_log import TensorBoardLog
-from utils import append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli, save_checkpoint
+from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli,
+                   save_checkpoint)
 
 NUM_PERIODIC_CHECKPOINTS = 10
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
@@ -99,19 +102,43 @@ def episode_record(update, step, env, info, num_envs, num_steps, number):
 
 def main(argv=None):
     args = flags.parse_args("train", argv)
+    with distributed.process_group(resolve_device(args.device)) as device:
+        train(args, device)
+
+
+def rank_state(raw_envs, normalizer, obs, done):
+    """What differs between torchrun ranks in the training state: their environments, random
+    generator, observations and running returns (the controller and statistics are shared)."""
+    return {"env": raw_envs.state_dict(), "torch_rng": torch.get_rng_state(), "obs": torch.as_tensor(obs),
+            "done": torch.as_tensor(done), "returns": torch.as_tensor(normalizer.returns)}
+
+
+def train(args, device):
+    """Train a controller; under torchrun, every rank runs its own environments (DD-PPO) and rank 0
+    alone writes the experiment folder."""
+    main_rank, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     args, run_dir = resumed_args(args) if args.resume else (args, None)
-    device = resolve_device(args.device)
-    check_writable(args.runs_dir)
+    if main_rank:
+        check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
     print(f"loading {args.dataset} from {args.data_dir} ...", flush=True)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
-    run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
-    print(f"experiment id: {run_dir.name}  ({run_dir})", flush=True)
+    if main_rank:
+        run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
+    run_dir = Path(distributed.broadcast(str(run_dir)))
+    print(f"experiment id: {run_dir.name}  ({run_dir})" + (f", {world} processes" if world > 1 else ""), flush=True)
 
     num_envs, num_steps = args.num_envs, args.ppo2_update_freq
-    seeds = [args.seed * TRAIN_SEED_OFFSET + i for i in range(num_envs)]
+    steps_per_update = world * num_envs * num_steps  # controller steps of all ranks per PPO update
+    num_updates = args.ppo2_total_timesteps // steps_per_update
+    if num_updates == 0:
+        raise UserError(f"--ppo2-total-timesteps {args.ppo2_total_timesteps} is less than one rollout of "
+                        f"{world} processes x {num_envs} environments x {num_steps} steps")
+    seeds = [args.seed * TRAIN_SEED_OFFSET + rank * num_envs + i for i in range(num_envs)]
     raw_envs = VecALRSEnv(EnvConfig.from_args(args, lr_noise=True), splits, seeds, device)
-    agent = ActorCritic(OBS_DIM, discrete=bool(args.discrete))
+    agent = ActorCritic(OBS_DIM, discrete=bool(args.discrete))  # the same initial weights on every rank
+    if rank > 0:
+        torch.manual_seed(args.seed * TRAIN_SEED_OFFSET + rank)  # its own action noise and minibatch order
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
     clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
     normalizer = VecNormalizer(OBS_DIM, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
@@ -121,7 +148,6 @@ def main(argv=None):
                        num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
     action_bounds = () if args.discrete else (raw_envs.action_space.low, raw_envs.action_space.high)
     buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, () if args.discrete else (1,))
-    num_updates = args.ppo2_total_timesteps // (num_envs * num_steps)
     periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
     checkpoints = run_dir / "checkpoints"
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
@@ -129,8 +155,12 @@ def main(argv=None):
     starts = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
 
     def report_stop():
-        """What Ctrl-C prints: how to continue, or that there is nothing to continue yet."""
+        """What Ctrl-C prints (rank 0): how to continue, or that there is nothing to continue yet."""
+        if not main_rank:
+            return
+        launcher = "python train.py" if world == 1 else f"torchrun --nproc-per-node {world} train.py"
         resume = flags.command_line("train", {"resume": run_dir.name, "runs_dir": args.runs_dir})
+        resume = resume.replace("python train.py", launcher, 1)
         done_updates = len(read_jsonl(updates_path))
         if done_updates == 0:
             print(f"stopped before the first update; {resume} starts it from the beginning", file=sys.stderr)
@@ -139,33 +169,43 @@ def main(argv=None):
 
     state = load_training_state(run_dir, device.type) if args.resume else None
     if state is not None:
+        if state.get("world_size", 1) != world:
+            raise UserError(f"{run_dir.name} ran with {state.get('world_size', 1)} process(es); resume it with as "
+                            f"many (torchrun --nproc-per-node {state.get('world_size', 1)})")
+        mine = state if rank == 0 else state["other_ranks"][rank - 1]
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
         normalizer.load_state_dict(state["normalizer"])
-        raw_envs.load_state_dict(state["env"])
-        torch.set_rng_state(state["torch_rng"])
+        if rank > 0:
+            normalizer.returns = mine["returns"].numpy().copy()
+        raw_envs.load_state_dict(mine["env"])
+        torch.set_rng_state(mine["torch_rng"])
         start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
         recent = RecentFinals(starts, losses=state["recent_finals"])
-        obs, done = state["obs"].numpy(), state["done"].numpy()
-        print(f"resuming at update {start_update}/{num_updates} ({start_update * num_envs * num_steps} steps)")
+        obs, done = mine["obs"].numpy(), mine["done"].numpy()
+        print(f"resuming at update {start_update}/{num_updates} ({start_update * steps_per_update} steps)")
     else:
         start_update, num_episodes, best_val, recent = 0, 0, float("inf"), RecentFinals(starts)
-        save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
+        if main_rank:
+            save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
         try:
             obs, _ = envs.reset()
         except KeyboardInterrupt:
             report_stop()
             raise
         done = np.zeros(num_envs, dtype=bool)
-    for path in (episodes_path, updates_path):
-        keep_records_before(path, start_update)
-    board = TensorBoardLog(run_dir / "tb", purge_step=start_update * num_envs * num_steps) if args.tensorboard else None
+    board = None
+    if main_rank:
+        for path in (episodes_path, updates_path):
+            keep_records_before(path, start_update)
+        if args.tensorboard:
+            board = TensorBoardLog(run_dir / "tb", purge_step=start_update * steps_per_update)
 
-    progress = tqdm(total=num_updates * num_envs * num_steps, initial=start_update * num_envs * num_steps,
-                    unit="step", desc="controller", dynamic_ncols=True)
+    progress = tqdm(total=num_updates * steps_per_update, initial=start_update * steps_per_update,
+                    unit="step", desc="controller", dynamic_ncols=True, disable=not main_rank)
 
     def show_progress(infos):
-        progress.update(num_envs)
+        progress.update(num_envs * world)
         if infos:
             progress.set_postfix(last_val_loss=f"{infos[-1]['final_val_loss']:.4f}")
 
@@ -173,10 +213,12 @@ def main(argv=None):
         for update in range(start_update, num_updates):
             started = time.perf_counter()
             obs, done, ended = collect_rollout(envs, agent, buffer, obs, done, show_progress)
-            episodes = [episode_record(update, step, env, info, num_envs, num_steps, num_episodes + n + 1)
+            ended = sorted((step, rank_ * num_envs + env, info)  # every rank's episodes, numbered as one run's
+                           for rank_, ended_ in enumerate(distributed.all_gather(ended)) for step, env, info in ended_)
+            episodes = [episode_record(update, step, env, info, world * num_envs, num_steps, num_episodes + n + 1)
                         for n, (step, env, info) in enumerate(ended)]
             num_episodes += len(episodes)
-            timesteps = (update + 1) * num_steps * num_envs
+            timesteps = (update + 1) * steps_per_update
             finished = [e for e in episodes if e["final_val_loss"] is not None]
             mean_val = float(np.mean([e["final_val_loss"] for e in finished])) if finished else None
             for e in finished:
@@ -185,27 +227,30 @@ def main(argv=None):
             if score is not None and score < best_val:
                 # the policy that produced the latest episodes, before this rollout's update changes it
                 best_val = score
-                save_checkpoint(checkpoints / "best.pt", {**controller(), "timesteps": timesteps, "val_loss": best_val})
+                if main_rank:
+                    save_checkpoint(checkpoints / "best.pt",
+                                    {**controller(), "timesteps": timesteps, "val_loss": best_val})
             with torch.no_grad():
                 last_value = agent.value(torch.as_tensor(obs))
             batch = buffer.batch(last_value, done, args.ppo2_gamma)
             behaviour = policy_statistics(agent, batch["obs"], batch["actions"], *action_bounds)
-            stats = ppo_update(agent, optimizer, batch, config)
+            stats = ppo_update(agent, optimizer, batch, config)  # rank 0's statistics
             stats.update(behaviour, update=update, timesteps=timesteps, episodes=num_episodes,
-                         mean_final_val_loss=mean_val,
-                         steps_per_second=num_steps * num_envs / (time.perf_counter() - started))
+                         mean_final_val_loss=mean_val, world_size=world,
+                         steps_per_second=steps_per_update / (time.perf_counter() - started))
+            ranks = distributed.all_gather(rank_state(raw_envs, normalizer, obs, done))
+            if not main_rank:
+                continue
             for record in episodes:
                 append_jsonl(episodes_path, record)
             append_jsonl(updates_path, stats)
             if board:
                 board.add(episodes, stats)
-
+            own = {key: value for key, value in ranks[0].items() if key != "returns"}  # in the normalizer's state
             save_training_state(run_dir, {
-                **controller(), "optimizer": optimizer.state_dict(), "env": raw_envs.state_dict(),
-                "torch_rng": torch.get_rng_state(), "update": update + 1, "episodes": num_episodes,
-                "best_val_loss": best_val, "recent_finals": recent.losses,
-                "obs": torch.as_tensor(obs), "done": torch.as_tensor(done), "device": device.type,
-                "timesteps": timesteps})
+                **controller(), **own, "optimizer": optimizer.state_dict(), "update": update + 1,
+                "episodes": num_episodes, "best_val_loss": best_val, "recent_finals": recent.losses,
+                "device": device.type, "timesteps": timesteps, "world_size": world, "other_ranks": ranks[1:]})
             if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
                 name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
                 save_checkpoint(checkpoints / name, {**controller(), "timesteps": timesteps, "val_loss": mean_val})
@@ -219,6 +264,9 @@ def main(argv=None):
         progress.close()
         if board:
             board.close()
+    distributed.check_identical(torch.nn.utils.parameters_to_vector(agent.parameters()), "the controller")
+    if world > 1:
+        print(f"the controller is identical on all {world} processes")
     best = f"none (fewer than {BEST_WINDOW} episodes per initial rate)" if best_val == float("inf") else f"{best_val:.4f}"
     print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes per initial rate "
           f"{best}; "

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import ppo
 import utils
 from ppo import (ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, RunningMeanStd, VecNormalizer, compute_gae,
                  controller_state, explained_variance, gradient_step, load_controller, policy_statistics,
@@ -446,7 +447,7 @@ def test_ppo_learns_a_bandit(discrete):
             assert agent.distribution(test_obs).mean.mean().item() == pytest.approx(0.5, abs=0.1)
 
 
-def test_ppo_update_runs_epochs_times_minibatches_steps_and_is_deterministic():
+def test_ppo_update_runs_epochs_times_minibatches_steps_and_is_deterministic(monkeypatch):
     results = []
     for _ in range(2):
         agent, optimizer, config = ppo_setup(True)
@@ -457,7 +458,8 @@ def test_ppo_update_runs_epochs_times_minibatches_steps_and_is_deterministic():
             calls.append(max_grad_norm)
             gradient_step(agent, optimizer, loss, max_grad_norm)
 
-        stats = ppo_update(agent, optimizer, batch, config, torch.Generator().manual_seed(0), step=step)
+        monkeypatch.setattr(ppo, "gradient_step", step)
+        stats = ppo_update(agent, optimizer, batch, config, torch.Generator().manual_seed(0))
         assert calls == [0.5] * (config.num_epochs * config.num_minibatches)
         assert set(stats) >= {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
                               "explained_variance"}
