@@ -49,7 +49,7 @@ def run_schedules(runs, config, splits, seed, device):
 
 def main(argv=None):
     args = flags.parse_args("baselines", argv)
-    with distributed.process_group(resolve_device(args.device)) as device:
+    with distributed.process_group(resolve_device(args.device, args.cudnn_benchmark)) as device:
         sweep(args, device)
 
 

@@ -9,7 +9,10 @@ batch 1000 and a full validation pass every 10 steps, it measures in one run:
   env         VecALRSEnv with one environment (reset excluded);
   vec env     VecALRSEnv with --num-envs environments stepping together (time per environment);
   train only  the floor: Adam steps on device-resident batches, no validation, no observation.
-and prints milliseconds per child step with the speed-up of the environment over the DataLoader loop.
+and prints milliseconds per child step with the speed-up of the environment over the DataLoader loop,
+then what that means for planning: seconds per 1000-step episode of one environment (vectorized),
+and the estimated wall time of a default train.py run (50 000 controller steps x 10 child steps,
+child training only).
 """
 import argparse
 import json
@@ -22,14 +25,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import ToTensor
 
-from children import to_float
+from children import PRECISIONS, to_float
 from data import Splits
 from environment import EnvConfig, VecALRSEnv
 from flags import ArgumentParser
 from models import build_model
-from utils import atomic_write
+from utils import atomic_write, resolve_device
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet": (3, 32, 32)}
+DEFAULT_CHILD_STEPS = 50000 * 10  # a default train.py run: --ppo2-total-timesteps x --update-freq, all envs
 
 
 def synthetic_splits(child, train_size, val_size, seed=0):
@@ -97,10 +101,11 @@ def time_dataloader(child, splits, steps, update_freq, batch_size, device, worke
     return (time.perf_counter() - start) / steps * 1000
 
 
-def time_env(child, splits, steps, update_freq, batch_size, device, num_envs):
+def time_env(child, splits, steps, update_freq, batch_size, device, num_envs, precision, compile):
     # one episode longer than the timed steps plus the warm-up, so no reset falls inside the timing
     config = EnvConfig(architecture=child, batch_size=batch_size, update_freq=update_freq,
-                       num_train_steps=steps + 2 * update_freq, lr_noise=False)
+                       num_train_steps=steps + 2 * update_freq, lr_noise=False, precision=precision,
+                       compile=bool(compile))
     envs = VecALRSEnv(config, splits.to(device), list(range(num_envs)), device)
     envs.reset()
     envs.step(np.ones((num_envs, 1)))  # warm-up
@@ -145,6 +150,9 @@ def main(argv=None):
     parser.add_argument("--val-size", type=int, default=10000)
     parser.add_argument("--train-size", type=int, default=50000)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--cudnn-benchmark", type=int, default=1, choices=(0, 1), help="as train.py's")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="as train.py's (env loops)")
+    parser.add_argument("--compile", type=int, default=0, choices=(0, 1), help="as train.py's (env loops)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     children = args.children.split(",")
@@ -154,24 +162,29 @@ def main(argv=None):
         parser.error("argument --device: cuda is not available on this machine")
     if args.steps <= 0 or args.steps % 10:
         parser.error("argument --steps: must be a positive multiple of 10")
-    device = torch.device(args.device)
+    device = resolve_device(args.device, args.cudnn_benchmark)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}, torch {torch.__version__}, batch {args.batch_size}, validation {args.val_size} "
-          f"every 10 steps, {args.steps} steps per loop")
+          f"every 10 steps, {args.steps} steps per loop, {args.precision}, compile {args.compile}, "
+          f"cudnn.benchmark {args.cudnn_benchmark}")
     results = {"device": name, "torch": torch.__version__, "args": vars(args), "children": {}}
     header = f"{'child':<8}{'dataloader':>12}{'env':>10}{f'vec env x{args.num_envs}':>14}{'train only':>12}" \
-             f"{'env speed-up':>14}{'vec speed-up':>14}"
+             f"{'env speed-up':>14}{'vec speed-up':>14}{'s/episode':>11}{'train.py est.':>15}"
     rows = []
     for child in children:
         splits = synthetic_splits(child, args.train_size, args.val_size)
         ms = {"dataloader": time_dataloader(child, splits, args.steps, 10, args.batch_size, device, args.workers),
-              "env": time_env(child, splits, args.steps, 10, args.batch_size, device, 1),
-              "vec_env": time_env(child, splits, args.steps, 10, args.batch_size, device, args.num_envs),
+              "env": time_env(child, splits, args.steps, 10, args.batch_size, device, 1, args.precision, args.compile),
+              "vec_env": time_env(child, splits, args.steps, 10, args.batch_size, device, args.num_envs,
+                                  args.precision, args.compile),
               "train_only": time_train_only(child, splits, args.steps, args.batch_size, device)}
         speedup = {"env": ms["dataloader"] / ms["env"], "vec_env": ms["dataloader"] / ms["vec_env"]}
-        results["children"][child] = {"ms_per_child_step": ms, "speedup_over_dataloader": speedup}
+        plan = {"seconds_per_episode": ms["vec_env"],  # 1000 steps x ms per step = seconds
+                "train_py_minutes": DEFAULT_CHILD_STEPS * ms["vec_env"] / 1000 / 60}
+        results["children"][child] = {"ms_per_child_step": ms, "speedup_over_dataloader": speedup, **plan}
         rows.append(f"{child:<8}{ms['dataloader']:>12.2f}{ms['env']:>10.2f}{ms['vec_env']:>14.2f}"
-                    f"{ms['train_only']:>12.2f}{speedup['env']:>13.1f}x{speedup['vec_env']:>13.1f}x")
+                    f"{ms['train_only']:>12.2f}{speedup['env']:>13.1f}x{speedup['vec_env']:>13.1f}x"
+                    f"{plan['seconds_per_episode']:>11.1f}{plan['train_py_minutes']:>11.0f} min")
         print(rows[-1] if len(rows) > 1 else f"milliseconds per child step\n{header}\n{rows[-1]}", flush=True)
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))

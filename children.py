@@ -4,6 +4,11 @@ Two backends behind one small interface (``Children``): all children at once und
 over stacked parameters with ``BatchedAdam`` (MLP, LeNet-5 on a GPU), or one nn.Module and
 torch.optim.Adam each (ResNet-18, whose BatchNorm buffers cannot live under vmap, and every child on
 a CPU). Both give the same numbers for the same seeds.
+
+A block of steps waits on the GPU nowhere: learning rates, masks and batch indices go to the device
+once per block (pinned, non-blocking), and nothing is read back. Options: ``precision="bf16"``
+(autocast; opt-in), ``compile`` (torch.compile of each module child's forward, CUDA graphs on a GPU;
+opt-in), and channels_last memory for convolutional module children on a GPU.
 """
 import copy
 from typing import Protocol
@@ -16,6 +21,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from models import build_model, has_buffers, output_layer_name
 
 EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
+PRECISIONS = ("fp32", "bf16")
 
 
 class Children(Protocol):
@@ -24,8 +30,9 @@ class Children(Protocol):
     def load_child(self, index: int, model: torch.nn.Module) -> None:
         """Child ``index`` becomes a copy of ``model``, with fresh optimizer state."""
 
-    def train_step(self, x, y, lrs, active) -> torch.Tensor:
-        """One Adam step of the active children on their batches x (E, B, ...); their losses (E,)."""
+    def train_block(self, x_all, y_all, steps, lrs, active) -> torch.Tensor:
+        """Adam steps of the active children at rates ``lrs`` (host array, E): step t trains child i on
+        the images ``x_all[steps[t, i]]`` (``steps``: device indices (T, E, B)). Their mean losses (E,)."""
 
     def logits(self, images) -> torch.Tensor:
         """Eval-mode outputs of every child on the same images, (E, N, classes)."""
@@ -41,6 +48,20 @@ class Children(Protocol):
 def to_float(images):
     """uint8 images to floats in [0, 1] (ToTensor's scaling), done per batch on the device."""
     return images.float().div_(255)
+
+
+def to_device(array, device):
+    """A host array as a tensor on ``device`` without waiting for the GPU: on CUDA it is copied through
+    pinned memory, non-blocking (a copy from pageable memory synchronizes the host with the device)."""
+    tensor = torch.as_tensor(array)
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def autocast(device, precision):
+    """bf16 autocast of the forward passes when ``precision`` is bf16 (weights and Adam stay fp32)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class BatchedAdam:
@@ -97,17 +118,22 @@ class BatchedAdam:
 class VmapChildren:
     """E children of one architecture trained in one pass with torch.func.vmap."""
 
-    def __init__(self, template, num, device):
-        self.base = template.to("meta")
+    def __init__(self, template, num, device, precision="fp32"):
+        self.base, self.device, self.precision = template.to("meta"), torch.device(device), precision
         self.params = {k: torch.zeros((num,) + p.shape, device=device) for k, p in template.named_parameters()}
         self.weight_key = output_layer_name(template) + ".weight"
         self.adam = BatchedAdam(self.params)
 
         def loss(params, x, y):
-            return F.cross_entropy(functional_call(self.base, params, (x,)), y)
+            with autocast(device, precision):
+                return F.cross_entropy(functional_call(self.base, params, (x,)).float(), y)
+
+        def logits(params, x):
+            with autocast(device, precision):
+                return functional_call(self.base, params, (x,)).float()
 
         self._grad_and_loss = vmap(grad_and_value(loss))
-        self._logits = vmap(lambda params, x: functional_call(self.base, params, (x,)), in_dims=(0, None))
+        self._logits = vmap(logits, in_dims=(0, None))
 
     def load_child(self, index, model):
         with torch.no_grad():
@@ -115,10 +141,14 @@ class VmapChildren:
                 self.params[key][index] = param
         self.adam.reset(index)
 
-    def train_step(self, x, y, lrs, active):
-        grads, losses = self._grad_and_loss(self.params, x, y)
-        self.adam.step(self.params, grads, torch.as_tensor(lrs, device=x.device), torch.as_tensor(active, device=x.device))
-        return losses.detach()
+    def train_block(self, x_all, y_all, steps, lrs, active):
+        lrs, active = to_device(lrs, self.device), to_device(active, self.device)
+        total = torch.zeros(len(lrs), device=self.device)
+        for indices in steps:
+            grads, losses = self._grad_and_loss(self.params, to_float(x_all[indices]), y_all[indices])
+            self.adam.step(self.params, grads, lrs, active)
+            total += losses.detach()
+        return total / len(steps)
 
     @torch.no_grad()
     def logits(self, images):
@@ -137,36 +167,49 @@ class VmapChildren:
 
 
 class ModuleChildren:
-    """E children as separate nn.Modules, each with its own torch.optim.Adam (any architecture)."""
+    """E children as separate nn.Modules, each with its own torch.optim.Adam (any architecture).
 
-    def __init__(self, template, num, device):
-        self.models = [copy.deepcopy(template).to(device) for _ in range(num)]
+    ``channels_last``: convolutions in NHWC memory (faster on a GPU's tensor cores); ``compile``: each
+    child's forward through torch.compile ("reduce-overhead", i.e. CUDA graphs, on a GPU)."""
+
+    def __init__(self, template, num, device, precision="fp32", compile=False, channels_last=False):
+        self.device, self.precision = torch.device(device), precision
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.models = [copy.deepcopy(template).to(device, memory_format=self.memory_format) for _ in range(num)]
         self.optimizers = [torch.optim.Adam(m.parameters()) for m in self.models]
         self.weight_key = output_layer_name(template) + ".weight"
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        self.forwards = [torch.compile(m, mode=mode) if compile else m for m in self.models]
 
     def load_child(self, index, model):
         self.models[index].load_state_dict(model.state_dict())
         self.optimizers[index] = torch.optim.Adam(self.models[index].parameters())
 
-    def train_step(self, x, y, lrs, active):
-        losses = torch.zeros(len(self.models), device=x.device)
+    def _input(self, images):
+        return to_float(images).contiguous(memory_format=self.memory_format) if images.dim() == 4 else to_float(images)
+
+    def train_block(self, x_all, y_all, steps, lrs, active):
+        total = torch.zeros(len(self.models), device=self.device)
         for i in np.flatnonzero(active):
-            model, optimizer = self.models[i], self.optimizers[i]
+            model, forward, optimizer = self.models[i], self.forwards[i], self.optimizers[i]
             model.train()
             optimizer.param_groups[0]["lr"] = float(lrs[i])
-            loss = F.cross_entropy(model(x[i]), y[i])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[i] = loss.detach()
-        return losses
+            for indices in steps[:, i]:
+                with autocast(self.device, self.precision):
+                    loss = F.cross_entropy(forward(self._input(x_all[indices])).float(), y_all[indices])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total[i] += loss.detach()
+        return total / len(steps)
 
     @torch.no_grad()
     def logits(self, images):
         outputs = []
-        for model in self.models:
+        for model, forward in zip(self.models, self.forwards):
             model.eval()
-            outputs.append(torch.cat([model(to_float(chunk)) for chunk in images.split(EVAL_CHUNK)]))
+            with autocast(self.device, self.precision):
+                outputs.append(torch.cat([forward(self._input(chunk)).float() for chunk in images.split(EVAL_CHUNK)]))
         return torch.stack(outputs)
 
     def output_weights(self):
@@ -183,16 +226,21 @@ class ModuleChildren:
             optimizer.load_state_dict(optimizer_state)
 
 
-def make_children(architecture, splits, num, device, backend="auto"):
+def make_children(architecture, splits, num, device, backend="auto", precision="fp32", compile=False):
     """Children for ``num`` environments. ``auto``: vmap on a GPU for models without BatchNorm
     buffers (one launch sequence for all children); otherwise one module each, which is as fast
-    or faster on a CPU, where vmap of a convolution gains nothing."""
+    or faster on a CPU, where vmap of a convolution gains nothing. Module children of a convolutional
+    network use channels_last on a GPU; ``compile`` applies to module children."""
     template = build_model(architecture, splits.in_channels, splits.image_size, splits.num_classes)
+    on_gpu = torch.device(device).type == "cuda"
     if backend == "auto":
-        backend = "vmap" if torch.device(device).type == "cuda" and not has_buffers(template) else "module"
+        backend = "vmap" if on_gpu and not has_buffers(template) else "module"
     if backend == "vmap" and has_buffers(template):
         raise ValueError(f"{architecture} has BatchNorm buffers and cannot be trained under vmap")
-    return (VmapChildren if backend == "vmap" else ModuleChildren)(template, num, device)
+    if backend == "vmap":
+        return VmapChildren(template, num, device, precision)
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in template.modules())
+    return ModuleChildren(template, num, device, precision, compile, channels_last=on_gpu and convolutional)
 
 
 class BatchSampler:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from children import BatchSampler, make_children, to_float
+from children import BatchSampler, make_children, to_device
 from models import build_model
 
 LR_MIN, LR_MAX = 1e-5, 1e-1
@@ -52,13 +52,15 @@ class EnvConfig:
     lr_noise: bool = True  # controller training only; off in tests of a schedule and in baselines
     action_param: str = "clip"  # the reference's clip(a, 1/range, range); "log" is a departure
     reward: str = "val-loss"  # the reference's -L(t); "log-improvement" is a departure
+    precision: str = "fp32"  # "bf16": autocast of the children's forward passes (opt-in, faster on GPUs)
+    compile: bool = False  # torch.compile the module children (CUDA graphs on a GPU; opt-in)
 
     @classmethod
     def from_args(cls, args, **overrides):
         """The config of the flags in ``args`` named like its fields (the others keep their defaults)."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values.update(overrides)
-        return cls(**values | {"discrete": bool(values.get("discrete", False))})
+        return cls(**values | {key: bool(values.get(key, False)) for key in ("discrete", "compile")})
 
 
 # ----------------------------------------------------------------------------- observation
@@ -128,7 +130,8 @@ class VecALRSEnv:
         self.observation_space = Box(-np.inf, np.inf, (OBS_DIM,))
         self.action_space = (Discrete(3) if config.discrete
                              else Box(*action_bounds(config.action_param, config.action_range), (1,)))
-        self.children = make_children(config.architecture, splits, self.num_envs, self.device, backend)
+        self.children = make_children(config.architecture, splits, self.num_envs, self.device, backend,
+                                      config.precision, config.compile)
         self.chance_loss = math.log(splits.num_classes)
         self._seed(seeds)
         self.lr = np.zeros(self.num_envs)
@@ -279,12 +282,8 @@ class VecALRSEnv:
 
     def _train_block(self, active):
         """``update_freq`` Adam steps for the active children; returns their mean training loss (E,)."""
-        steps = self.sampler.block(self.config.update_freq, active).to(self.device, non_blocking=True)
-        x_all, y_all = self.splits.train_x, self.splits.train_y
-        total = torch.zeros(self.num_envs, device=self.device)
-        for indices in steps:
-            total += self.children.train_step(to_float(x_all[indices]), y_all[indices], self.lr, active)
-        return total / self.config.update_freq
+        steps = to_device(self.sampler.block(self.config.update_freq, active), self.device)
+        return self.children.train_block(self.splits.train_x, self.splits.train_y, steps, self.lr, active)
 
     def _evaluate(self, x, y):
         logits = self.children.logits(x)
@@ -292,22 +291,22 @@ class VecALRSEnv:
         return loss.view(self.num_envs, -1).mean(1), logits
 
     def _observe(self, active, train_loss=None):
-        """Validation pass and the 7 features of the active environments (one host sync).
+        """Validation pass and the 7 features of the active environments (the block's one host sync).
 
         ``train_loss=None`` observes fresh children: no block has been trained, so the training-loss
         feature is their validation loss (a fresh child's expected training loss), and the change of
         the predictions is the predictions.
         """
         val_loss, logits = self._evaluate(self.splits.val_x, self.splits.val_y)
-        mask = torch.as_tensor(active, device=self.device)
+        mask = to_device(active, self.device).view(-1, 1, 1)  # masked with torch.where: no host sync
         if train_loss is None:
             train_loss = val_loss
-            self.prev_logits[mask] = 0
-        lr = torch.as_tensor(self.lr, dtype=torch.float32, device=self.device)
+            self.prev_logits.masked_fill_(mask, 0)
+        lr = to_device(self.lr.astype(np.float32), self.device)
         features = observation_features(train_loss, val_loss, logits, self.prev_logits,
                                         self.children.output_weights(), lr)
-        self.obs[active] = features.double().cpu().numpy()[active]
-        self.prev_logits[mask] = logits[mask]
+        self.prev_logits.copy_(torch.where(mask, logits, self.prev_logits))
+        self.obs[active] = features.double().cpu().numpy()[active]  # the block's one wait for the GPU
 
     def _info(self, i, final=False, diverged=False):
         info = {"train_loss": float(self.obs[i, 0]), "val_loss": float(self.obs[i, 1]),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from children import PRECISIONS
 from data import DATASETS, DEFAULT_VAL_SIZE
 from environment import ACTION_PARAMS, REWARDS, EnvConfig
 from models import ARCHITECTURES
@@ -14,7 +15,7 @@ from runs import DEFAULT_SEED, RUN_ID_PATTERN
 
 DEFAULTS = EnvConfig()  # the environment's defaults are the flags' defaults
 SETTING = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "train_size", "val_size",
-           "seed", "data_dir", "runs_dir")  # what names a baseline setting, and where its files are
+           "seed", "precision", "data_dir", "runs_dir")  # what names a baseline setting, and where its files are
 
 
 # Named sets of train.py defaults; flags given on the command line win. "reference" is the reference
@@ -53,6 +54,12 @@ def add_setting_flags(p):
                    help="training samples (default: the train split minus the validation split)")
     g.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="validation samples")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where children train")
+    g.add_argument("--cudnn-benchmark", type=int, default=1, choices=(0, 1),
+                   help="1: cuDNN times its convolution algorithms (faster; the first steps slower); 0: bit-exact runs")
+    g.add_argument("--precision", default=DEFAULTS.precision, choices=PRECISIONS,
+                   help="bf16: the children's forward passes under bf16 autocast (a departure; faster on GPUs)")
+    g.add_argument("--compile", type=int, default=0, choices=(0, 1),
+                   help="1: torch.compile the children (CUDA graphs on a GPU; module children only; slow start)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     g.add_argument("--runs-dir", default="runs", help="folder of experiments and baseline results")
 

@@ -98,7 +98,8 @@ def setting_id(args):
     the settings that change a run's numbers, those at their defaults left out."""
     name = f"{dataset_name(args.dataset)}_{args.architecture}_steps{args.num_train_steps}_batch{args.batch_size}"
     for flag, value, default in (("uf", args.update_freq, EnvConfig.update_freq), ("train", args.train_size, None),
-                                 ("val", args.val_size, DEFAULT_VAL_SIZE), ("seed", args.seed, DEFAULT_SEED)):
+                                 ("val", args.val_size, DEFAULT_VAL_SIZE), ("seed", args.seed, DEFAULT_SEED),
+                                 ("", args.precision, EnvConfig.precision)):
         if value != default:
             name += f"_{flag}{value}"
     return name

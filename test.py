@@ -33,7 +33,7 @@ from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
 CURVES = ("train_loss", "val_loss", "lr")
 INHERITED = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "initial_lr", "data_dir",
-             "train_size", "val_size")  # taken from the trained run unless given
+             "train_size", "val_size", "precision")  # taken from the trained run unless given
 
 
 def load_baseline_runs(args):
@@ -146,7 +146,7 @@ def paired_difference(a, b):
 
 def main(argv=None):
     args = flags.parse_args("test", argv)
-    with distributed.process_group(resolve_device(args.device)) as device:
+    with distributed.process_group(resolve_device(args.device, args.cudnn_benchmark)) as device:
         evaluate(args, argv, device)
 
 

@@ -102,7 +102,7 @@ def episode_record(update, step, env, info, num_envs, num_steps, number):
 
 def main(argv=None):
     args = flags.parse_args("train", argv)
-    with distributed.process_group(resolve_device(args.device)) as device:
+    with distributed.process_group(resolve_device(args.device, args.cudnn_benchmark)) as device:
         train(args, device)
 
 

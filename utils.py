@@ -13,7 +13,10 @@ class UserError(Exception):
     """A problem the user can fix (bad flag, missing file); printed as one line, never a traceback."""
 
 
-def resolve_device(name):
+def resolve_device(name, cudnn_benchmark=True):
+    """The device of --device (auto: a GPU if there is one). ``cudnn_benchmark`` lets cuDNN time its
+    convolution algorithms and keep the fastest (bit-exact repeat runs need it off)."""
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

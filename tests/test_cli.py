@@ -354,6 +354,8 @@ def test_bench_writes_milliseconds_and_speedups_per_child(tmp_path):
         ms = child["ms_per_child_step"]
         assert set(ms) == {"dataloader", "env", "vec_env", "train_only"} and min(ms.values()) > 0
         assert child["speedup_over_dataloader"]["env"] == pytest.approx(ms["dataloader"] / ms["env"])
+        assert child["seconds_per_episode"] == pytest.approx(ms["vec_env"])  # 1000 steps of ms each
+        assert child["train_py_minutes"] == pytest.approx(500_000 * ms["vec_env"] / 1000 / 60)
     bad = run("bench.py", "--children", "vgg", check=False)
     assert bad.returncode == 2 and "unknown vgg" in bad.stderr
 

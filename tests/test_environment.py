@@ -507,16 +507,16 @@ def test_run_episode_marks_a_diverged_child(splits):
 
 def test_child_diverging_in_its_first_block_ends_at_the_first_step(splits, monkeypatch):
     env = make_env(splits, seeds=(0, 1), lr_noise=False)
-    train_step = env.children.train_step
+    train_block = env.children.train_block
 
-    def poison_child_0(x, y, lrs, active):
+    def poison_child_0(*args):
         with torch.no_grad():
             for p in env.children.models[0].parameters():
                 p.fill_(float("nan"))
-        return train_step(x, y, lrs, active)
+        return train_block(*args)
 
     fresh, _ = env.reset()
-    monkeypatch.setattr(env.children, "train_step", poison_child_0)
+    monkeypatch.setattr(env.children, "train_block", poison_child_0)
     obs, reward, terminated, _, infos = env.step(np.array([2, 2]))
     assert terminated.tolist() == [True, False] and infos[0]["diverged"]
     np.testing.assert_array_equal(infos[0]["final_observation"], fresh[0])  # its last finite observation
@@ -535,3 +535,41 @@ def test_cosine_baseline_follows_torch_cosine_annealing_per_block():
         optimizer.step()
         reference.step()
     assert baseline_schedule({"kind": "cosine", "initial_lr": lr0}, total).next_lr(None, None, total) == 0
+
+
+# ----------------------------------------------------------------------------- speed options
+
+
+def block_losses(splits, seeds=(0, 1), blocks=8, **options):
+    """Validation losses (blocks, children) after each block of children trained with ``options``."""
+    env = make_env(splits, seeds, lr_noise=False, initial_lr=5e-3, num_train_steps=blocks * FREQ, **options)
+    env.reset()
+    return np.array([env.step(np.full(len(seeds), 2))[0][:, 1] for _ in range(blocks)])
+
+
+def test_bf16_autocast_keeps_the_learning_curve_within_noise_of_fp32(splits):
+    """bf16 moves each child's log-loss curve less than changing the child's seed does."""
+    seeds = (0, 1, 2, 3)
+    fp32, bf16 = np.log(block_losses(splits, seeds)), np.log(block_losses(splits, seeds, precision="bf16"))
+    assert not np.array_equal(fp32, bf16)  # autocast is on
+    precision_effect = np.abs(bf16 - fp32).mean()
+    seed_noise = np.abs(fp32[:, :, None] - fp32[:, None, :]).sum() / (len(fp32) * len(seeds) * (len(seeds) - 1))
+    assert precision_effect < 0.5 * seed_noise, (precision_effect, seed_noise)
+
+
+def test_channels_last_children_train_like_contiguous_ones(splits):
+    template = build_model("cnn", 1, (28, 28))
+    runs = []
+    for channels_last in (False, True):
+        children = ModuleChildren(template, 2, "cpu", channels_last=channels_last)
+        steps = torch.randint(0, len(splits.train_y), (3, 2, BATCH), generator=torch.Generator().manual_seed(0))
+        loss = children.train_block(splits.train_x, splits.train_y, steps, np.array([1e-3, 1e-2]), np.array([True, True]))
+        runs.append((loss, children.logits(splits.val_x)))
+    assert runs[1][1].is_contiguous() and next(children.models[0].parameters()).dim() > 1
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_children_give_the_eager_losses(splits):
+    eager, compiled = block_losses(splits, blocks=2), block_losses(splits, blocks=2, compile=True)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
