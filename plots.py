@@ -81,7 +81,8 @@ def plot_training(episodes, updates, path, title, window=16):
     what the policy did (Gaussian mean and std, and where its samples fell, or the discrete action
     frequencies) and PPO's statistics."""
     plt = _pyplot()
-    fig, axes = plt.subplots(3, 4, figsize=(20, 11))
+    fig, axes = plt.subplots(3, 4, figsize=(20, 11), gridspec_kw=dict(left=0.05, right=0.99, bottom=0.05, top=0.94,
+                                                                       wspace=0.25, hspace=0.22))
     steps = [e["timesteps"] for e in episodes]
     final = [np.nan if e["final_val_loss"] is None else e["final_val_loss"] for e in episodes]
     ax = axes[0, 0]
@@ -126,6 +127,5 @@ def plot_training(episodes, updates, path, title, window=16):
         ax.set_xlabel("controller steps")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)

@@ -290,7 +290,7 @@ def compare_updates(a, b):
 
 
 def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_dir, tmp_path):
-    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--seed", "3"]
+    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--seed", "3", "--architecture", "mlp"]
     reference = tmp_path / experiment_id(run("train.py", *common, "--tb-suffix", "reference").stdout)
 
     process = start("train.py", *common, "--tb-suffix", "killed")
@@ -408,13 +408,13 @@ def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
 def test_printed_hints_work_as_printed(mnist_dir, tmp_path):
     """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag."""
     runs = tmp_path / "my runs"
-    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO).stdout
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp").stdout
     commands = [line.strip() for line in out.splitlines() if line.strip().startswith("python ")]
     assert [shlex.split(c)[1] for c in commands] == ["baselines.py", "test.py"]
     for command in commands:
         _, script, *args = shlex.split(command)
         run(script, *args, "--test-runs", "1") if script == "test.py" else run(script, *args)
-    result = json.loads(next(runs.glob("*/test/fa-mnist_cnn_best_deterministic/results.json")).read_text())
+    result = json.loads(next(runs.glob("*/test/fa-mnist_mlp_best_deterministic/results.json")).read_text())
     assert result["args"]["num_train_steps"] == 12 and result["args"]["data_dir"] == str(mnist_dir)
 
 
@@ -489,7 +489,7 @@ def test_a_preset_sets_its_flags_and_explicit_flags_win():
 def test_tensorboard_writes_the_jsonl_metrics_as_scalars(mnist_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--tensorboard",
-              "--tb-suffix", "board").stdout
+              "--tb-suffix", "board", "--architecture", "mlp", "--ppo2-total-timesteps", "32").stdout
     run_dir = tmp_path / experiment_id(out)
     assert run_dir.name.endswith("_board")
     events = EventAccumulator(str(run_dir / "tb")).Reload()
