@@ -106,6 +106,14 @@ def main(argv=None):
         train(args, device)
 
 
+def all_ranks_episodes(ended, num_envs):
+    """Every rank's ended episodes, (step, env, info), as one run's: rank r's environment i is
+    r * num_envs + i, in the order of a single process (by step, then environment)."""
+    gathered = distributed.all_gather(ended)
+    return sorted(((step, rank * num_envs + env, info) for rank, episodes in enumerate(gathered)
+                   for step, env, info in episodes), key=lambda episode: episode[:2])
+
+
 def rank_state(raw_envs, normalizer, obs, done):
     """What differs between torchrun ranks in the training state: their environments, random
     generator, observations and running returns (the controller and statistics are shared)."""
@@ -213,8 +221,7 @@ def train(args, device):
         for update in range(start_update, num_updates):
             started = time.perf_counter()
             obs, done, ended = collect_rollout(envs, agent, buffer, obs, done, show_progress)
-            ended = sorted((step, rank_ * num_envs + env, info)  # every rank's episodes, numbered as one run's
-                           for rank_, ended_ in enumerate(distributed.all_gather(ended)) for step, env, info in ended_)
+            ended = all_ranks_episodes(ended, num_envs)
             episodes = [episode_record(update, step, env, info, world * num_envs, num_steps, num_episodes + n + 1)
                         for n, (step, env, info) in enumerate(ended)]
             num_episodes += len(episodes)
