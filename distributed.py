@@ -22,8 +22,10 @@ DEFAULT_TIMEOUT_S = 600
 @contextlib.contextmanager
 def process_group(device):
     """Join torchrun's process group for the duration, if launched by it, and yield this process's
-    device: cuda:LOCAL_RANK when ``device`` is cuda (NCCL), else the CPU (gloo). Ranks other than 0
-    print nothing to stdout: rank 0 alone reports (errors still reach stderr)."""
+    device: cuda:LOCAL_RANK when ``device`` is cuda, else the CPU. The group is gloo on GPUs too:
+    everything exchanged lives on the CPU (the controller, a few thousand parameters, its statistics
+    and the records rank 0 writes), so NCCL would only add copies. Ranks other than 0 print nothing
+    to stdout: rank 0 alone reports (errors still reach stderr)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
         yield device
         return
@@ -31,7 +33,7 @@ def process_group(device):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=float(os.environ.get("ALRS_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    dist.init_process_group("gloo", timeout=timeout)
     stdout = sys.stdout
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
