@@ -573,3 +573,18 @@ def test_channels_last_children_train_like_contiguous_ones(splits):
 def test_compiled_children_give_the_eager_losses(splits):
     eager, compiled = block_losses(splits, blocks=2), block_losses(splits, blocks=2, compile=True)
     np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="checks CUDA synchronization; needs a GPU")
+@pytest.mark.parametrize("architecture", ["mlp", "cnn", "resnet"])
+def test_a_block_never_waits_on_the_gpu(splits, architecture):
+    """Training a block issues no synchronizing CUDA call (the observation's copy back is the one wait)."""
+    config = replace(CONFIG, architecture=architecture, discrete=False)
+    env = VecALRSEnv(config, splits.to("cuda"), [0, 1], "cuda", autoreset=False)
+    env.reset()
+    env.step(np.ones((2, 1)))  # warm-up: cuDNN autotuning, allocator
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        env._train_block(np.array([True, False]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
