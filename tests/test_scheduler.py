@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from children import BatchSampler, to_float
-from conftest import ROOT
+from conftest import ROOT, write_image_folder
 from data import load_splits
 from environment import EnvConfig, VecALRSEnv, run_episode
 from models import build_model
@@ -132,13 +132,15 @@ def test_pretrained_controller_is_the_study_policy():
     assert state["trained_args"]["reward"] == "log-improvement" and state["timesteps"] == 40000
 
 
-def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, capsys):
+def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("own_loop", ROOT / "examples" / "own_loop.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     common = ["--data-dir", str(mnist_dir), "--val-size", "100", "--steps", "20", "--batch-size", "16",
               "--log-every", "10"]
-    for extra, changed in (([], True), (["--constant"], False)):
+    images = write_image_folder(tmp_path / "images", size=28, mode="L", num_classes=3, per_class=(60, 4))
+    folder = ["--image-folder", str(images), "--val-size", "30"]
+    for extra, changed in (([], True), (["--constant"], False), (folder, True)):
         example.main(common + extra)
         lines = capsys.readouterr().out.splitlines()
         rates = [float(re.search(r"lr (\S+)", line).group(1)) for line in lines]
