@@ -88,12 +88,12 @@ def _read_idx(raw_dir, name, reader):
 
 
 def missing_files(dataset, data_dir):
-    """The files of a named dataset that are not under ``data_dir`` (in torchvision's layout)."""
+    """The names of a named dataset's files that are not under ``data_dir`` (in torchvision's layout)."""
     if dataset == "cifar10":
         folder = Path(data_dir) / "cifar-10-batches-py"
-        return [str(folder / n) for n in CIFAR10_FILES if not (folder / n).exists()]
+        return [n for n in CIFAR10_FILES if not (folder / n).exists()]
     raw_dir = Path(data_dir) / MNIST_FOLDERS[dataset] / "raw"
-    return [str(raw_dir / n) for pair in MNIST_FILES.values() for n in pair
+    return [n for pair in MNIST_FILES.values() for n in pair
             if not (raw_dir / n).exists() and not (raw_dir / f"{n}.gz").exists()]
 
 
@@ -113,8 +113,8 @@ def load_mnist_like(dataset, data_dir):
     """Official train and test splits of MNIST / Fashion-MNIST from raw or .gz IDX files."""
     raw_dir = Path(data_dir) / MNIST_FOLDERS[dataset] / "raw"
     if missing := missing_files(dataset, data_dir):
-        raise UserError(f"{dataset} not found: {', '.join(Path(m).name for m in missing)} missing in {raw_dir}/; "
-                        + MISSING_HINTS[dataset].format(data_dir=data_dir) + ", or pass --download")
+        raise UserError(f"{dataset} not found: {', '.join(missing)} missing in {raw_dir}/; "
+                        + MISSING_HINTS[dataset].format(data_dir=data_dir) + " (or --download)")
     splits = {}
     for split, (images, labels) in MNIST_FILES.items():
         x = _read_idx(raw_dir, images, read_image_file).unsqueeze(1)
@@ -146,8 +146,8 @@ def load_cifar10(data_dir):
     folder = Path(data_dir) / "cifar-10-batches-py"
     names = CIFAR10_FILES
     if missing := missing_files("cifar10", data_dir):
-        raise UserError(f"cifar10 not found: {', '.join(Path(m).name for m in missing)} missing in {folder}/; "
-                        + MISSING_HINTS["cifar10"].format(data_dir=data_dir) + ", or pass --download")
+        raise UserError(f"cifar10 not found: {', '.join(missing)} missing in {folder}/; "
+                        + MISSING_HINTS["cifar10"].format(data_dir=data_dir) + " (or --download)")
     try:
         train = [_read_cifar_batch(folder / n) for n in names[:-1]]
         test = _read_cifar_batch(folder / names[-1])
