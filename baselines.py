@@ -17,10 +17,10 @@ from tqdm import tqdm
 import distributed
 import flags
 from data import load_splits
-from environment import EPISODE_METRICS as METRICS, EnvConfig, VecALRSEnv, run_episode
+from environment import EPISODE_METRICS as METRICS, EnvConfig
 from plots import plot_schedules
 from runs import baseline_dir, best_of, check_writable
-from schedules import BASELINE_KINDS, baseline_schedule, stack
+from schedules import BASELINE_KINDS, baseline_schedule, run_synced
 from utils import append_jsonl, drop_torn_last_line, json_floats, read_jsonl, resolve_device, run_cli, save_json
 
 
@@ -37,9 +37,7 @@ def grid(args):
 
 def run_schedules(runs, config, splits, seed, device):
     """Train one child per run with its fixed schedule, all from the same seed (synced)."""
-    envs = VecALRSEnv(config, splits, [seed] * len(runs), device, autoreset=False)
-    curves = run_episode(envs, stack([baseline_schedule(run, config.num_train_steps) for run in runs]),
-                         [seed] * len(runs), [run["initial_lr"] for run in runs])
+    curves = run_synced([baseline_schedule(run, config.num_train_steps) for run in runs], config, splits, seed, device)
     return [{**run, "diverged": bool(curves["diverged"][i]),
              **dict(zip(METRICS, json_floats([curves[m][i] for m in METRICS]))),
              "curves": {"step": curves["step"].tolist(),

@@ -186,7 +186,7 @@ class ModuleChildren:
         self.optimizers[index] = torch.optim.Adam(self.models[index].parameters())
 
     def _input(self, images):
-        return to_float(images).contiguous(memory_format=self.memory_format) if images.dim() == 4 else to_float(images)
+        return to_float(images).contiguous(memory_format=self.memory_format)  # images are (N, C, H, W)
 
     def train_block(self, x_all, y_all, steps, lrs, active):
         total = torch.zeros(len(self.models), device=self.device)

@@ -144,13 +144,12 @@ def _read_cifar_batch(path):
 def load_cifar10(data_dir):
     """Official CIFAR-10 train (data_batch_1..5) and test (test_batch) splits, python format."""
     folder = Path(data_dir) / "cifar-10-batches-py"
-    names = CIFAR10_FILES
     if missing := missing_files("cifar10", data_dir):
         raise UserError(f"cifar10 not found: {', '.join(missing)} missing in {folder}/; "
                         + MISSING_HINTS["cifar10"].format(data_dir=data_dir) + " (or --download)")
     try:
-        train = [_read_cifar_batch(folder / n) for n in names[:-1]]
-        test = _read_cifar_batch(folder / names[-1])
+        train = [_read_cifar_batch(folder / n) for n in CIFAR10_FILES[:-1]]
+        test = _read_cifar_batch(folder / CIFAR10_FILES[-1])
     except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
         raise UserError(f"{folder} holds a file that is not a CIFAR-10 batch: {error}") from error
     return (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])), test, 10

@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from distributed import average_gradients, merge_moments
+from utils import UserError, load_checkpoint
 
 HIDDEN = 32
 GAE_LAMBDA = 0.95
@@ -301,12 +302,21 @@ def controller_state(agent, normalizer, action_range, action_param="clip"):
             "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
 
 
+def read_controller_checkpoint(path):
+    """The dict ``controller_state`` saved at ``path``; a file that is not a controller checkpoint, or
+    is of another format, is a UserError."""
+    state = load_checkpoint(path, required=("format", "agent", "discrete"))
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
+    return state
+
+
 def load_controller(state):
-    """(agent, normalizer, action_range) from ``controller_state``; the normalizer is frozen.
-    The action parametrization is ``state.get("action_param", "clip")``."""
+    """(agent, normalizer, action_range, action_param) from ``controller_state``; the normalizer is
+    frozen. Checkpoints from before the action parametrization was saved use "clip"."""
     agent = ActorCritic(discrete=state["discrete"])
     agent.load_state_dict(state["agent"])
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
     normalizer.load_state_dict(state["normalizer"])
     normalizer.training = False
-    return agent.eval(), normalizer, state["action_range"]
+    return agent.eval(), normalizer, state["action_range"], state.get("action_param", "clip")

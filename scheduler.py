@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from children import EVAL_CHUNK
 from environment import LR_MAX, LR_MIN, observation_features
 from models import output_layer_name
-from ppo import load_controller
+from ppo import load_controller, read_controller_checkpoint
 from schedules import Controller
-from utils import load_checkpoint
 
 
 class ALRSScheduler:
@@ -127,6 +126,5 @@ class ALRSScheduler:
 
 def load_scheduler_controller(path, deterministic=True):
     """The ``Controller`` of a checkpoint file (its initial rate is the optimizer's, not stored)."""
-    state = load_checkpoint(path, required=("format", "agent", "discrete"))
-    agent, normalizer, action_range = load_controller(state)
-    return Controller(agent, normalizer, action_range, state.get("action_param", "clip"), None, deterministic)
+    agent, normalizer, action_range, action_param = load_controller(read_controller_checkpoint(path))
+    return Controller(agent, normalizer, action_range, action_param, None, deterministic)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from environment import apply_action
+from environment import VecALRSEnv, apply_action, run_episode
 
 BASELINE_KINDS = ("step_decay", "constant", "cosine")  # the fixed schedules baselines.py sweeps
 
@@ -67,3 +67,12 @@ def stack(schedules):
     def next_lr(obs, lr, step):
         return np.array([s.next_lr(obs[i], lr[i], step) for i, s in enumerate(schedules)])
     return next_lr
+
+
+def run_synced(schedules, config, splits, seed, device):
+    """One episode of one child per schedule, every child from the same initialization and batches of
+    ``seed`` (torch's global RNG seeded too, so a controller's sampled actions are reproducible);
+    run_episode's results, child i following ``schedules[i]``."""
+    torch.manual_seed(seed)
+    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
+    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules])

@@ -17,17 +17,16 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import distributed
 import flags
 from data import dataset_name, load_splits
-from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, run_episode
+from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig
 from plots import plot_schedules
-from ppo import CHECKPOINT_FORMAT, ActorCritic, load_controller
+from ppo import ActorCritic, load_controller, read_controller_checkpoint
 from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
-from schedules import BASELINE_KINDS, Controller, baseline_schedule, stack
+from schedules import BASELINE_KINDS, Controller, baseline_schedule, run_synced
 from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
@@ -64,7 +63,7 @@ class Row:
 def load_policies(run_dir, state):
     """The tested policy and, if the run saved it, its initial one (else None), their frozen
     normalizer and action semantics, loaded once for every start rate."""
-    agent, normalizer, action_range = load_controller(state)
+    agent, normalizer, action_range, action_param = load_controller(state)
     untrained = None
     untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
     if untrained_path.exists():
@@ -72,7 +71,7 @@ def load_policies(run_dir, state):
         untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
     else:
         print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained rows")
-    return agent, untrained, normalizer, action_range, state.get("action_param", "clip")
+    return agent, untrained, normalizer, action_range, action_param
 
 
 def controller_rows(args, policies, lr):
@@ -156,9 +155,7 @@ def evaluate(args, argv, device):
     run_dir = find_run(args.runs_dir, args.test_id)
     trained = load_json(run_dir / "args.json")
     args = settings(args, argv, trained)
-    state = load_checkpoint(checkpoint_path(run_dir, args.test_schedule), required=("format", "agent", "discrete"))
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
+    state = read_controller_checkpoint(checkpoint_path(run_dir, args.test_schedule))
     baseline_runs, best = load_baseline_runs(args)
     start_lrs = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
     rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs)
@@ -184,7 +181,7 @@ def evaluate(args, argv, device):
     try:
         for index in tqdm(distributed.shard(range(len(runs))), unit="run", desc="test", dynamic_ncols=True,
                           disable=not distributed.is_main()):
-            finished[index] = run_seed(runs[index]["seed"], config, splits, device, schedules)
+            finished[index] = run_synced(schedules, config, splits, runs[index]["seed"], device)
     except KeyboardInterrupt:
         if finished and distributed.world_size() == 1:  # report the runs that finished, then stop
             tell()
@@ -192,13 +189,6 @@ def evaluate(args, argv, device):
     finished = {index: curves for part in distributed.all_gather(finished) for index, curves in part.items()}
     if distributed.is_main():
         tell()
-
-
-def run_seed(seed, config, splits, device, schedules):
-    """One child per schedule, all from the same initialization and batches of ``seed``."""
-    torch.manual_seed(seed)  # the sampled actions of a seed are reproducible
-    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
-    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules])
 
 
 def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfer):

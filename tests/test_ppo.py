@@ -377,8 +377,9 @@ def test_controller_checkpoint_round_trip(discrete, tmp_path):
     for _ in range(3):
         normalizer.observation(rng.normal(1.0, 3.0, (4, 7)))
     utils.save_checkpoint(tmp_path / "best.pt", controller_state(agent, normalizer, 1.07))
-    loaded, loaded_normalizer, action_range = load_controller(utils.load_checkpoint(tmp_path / "best.pt"))
+    loaded, loaded_normalizer, action_range, action_param = load_controller(utils.load_checkpoint(tmp_path / "best.pt"))
     assert action_range == 1.07 and loaded.discrete == discrete and not loaded.training
+    assert action_param == "clip"
     assert loaded_normalizer.training is False and loaded_normalizer.clip == 5.0
     normalizer.training = False
     raw = rng.normal(1.0, 30.0, (50, 7))
