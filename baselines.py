@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 import distributed
 import flags
-from data import load_splits
+from tasks import load_task_splits, task_from_args
 from environment import EPISODE_METRICS as METRICS, EnvConfig
 from plots import plot_schedules
 from runs import baseline_dir, best_of, check_writable
@@ -64,7 +64,7 @@ def sweep(args, device):
         todo = [run for run in grid(args) if run["name"] not in done]
         print(f"baselines of {out.name}: {len(done)} runs finished, {len(todo)} to go  ({out})")
     todo = distributed.broadcast(todo)
-    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
+    splits = load_task_splits(task_from_args(args), args.data_dir, device, args.download)
     config = EnvConfig.from_args(args, lr_noise=False)
     mine, world = distributed.shard(todo), distributed.world_size()
     rounds = math.ceil(math.ceil(len(todo) / world) / args.num_envs)  # the same on every rank

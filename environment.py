@@ -20,10 +20,16 @@ from models import build_model
 LR_MIN, LR_MAX = 1e-5, 1e-1
 RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
 ACTION_NOISE_STD = 1e-5
-OBS_DIM = 7
 EPISODE_METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_accuracy")  # what run_episode reports
 ACTION_PARAMS = ("clip", "log")  # how a continuous action becomes a factor (see apply_action)
 REWARDS = ("val-loss", "log-improvement")  # what a step pays (see VecALRSEnv.step_lr)
+REFERENCE_FEATURES = ("train_loss", "val_loss", "prediction_var", "prediction_change_var", "output_weight_mean",
+                      "output_weight_var", "lr")  # the reference's 7 (observation_features)
+RELATIVE_FEATURES = ("log_train_over_val", "log_val_over_first", "log_val_over_chance", "log_improvement",
+                     "log_prediction_change", "log_lr", "log_lr_over_initial")  # scale-free (relative_features)
+FEATURES = {"reference": REFERENCE_FEATURES, "relative": RELATIVE_FEATURES,
+            "relative-progress": RELATIVE_FEATURES + ("progress",)}  # what a controller observes, by --features
+TINY = 1e-30  # floor under the ratios whose logarithm is a feature (a fresh child's are exactly 1, never 0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class EnvConfig:
     reward: str = "val-loss"  # the reference's -L(t); "log-improvement" is a departure
     precision: str = "fp32"  # "bf16": autocast of the children's forward passes (opt-in, faster on GPUs)
     compile: bool = False  # torch.compile the module children (CUDA graphs on a GPU; opt-in)
+    features: str = "reference"  # what the controller observes: a key of FEATURES ("relative*" are departures)
 
     @classmethod
     def from_args(cls, args, **overrides):
@@ -66,7 +73,7 @@ class EnvConfig:
 # ----------------------------------------------------------------------------- observation
 
 def observation_features(train_loss, val_loss, val_logits, prev_val_logits, output_weight, lr):
-    """The 7 features the controller sees, for a batch of E children (leading dimension E).
+    """The reference's 7 features, for a batch of E children (leading dimension E).
 
     train_loss, val_loss, lr: (E,); val_logits: (E, N, C); prev_val_logits: the logits at the
     previous observation, or None at the first; output_weight: (E, out, in). Variances are
@@ -83,6 +90,34 @@ def observation_features(train_loss, val_loss, val_logits, prev_val_logits, outp
         flat(output_weight).var(1, correction=0),
         lr,
     ], dim=1)
+
+
+def relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss, progress=None):
+    """The scale-free observation, from the reference's 7 features (E, 7) and the episode so far.
+
+    Losses enter only as log-ratios: training to validation loss, validation loss to the episode's
+    first one and to chance level (log of the number of classes), and the last block's
+    log-improvement log L(t-1) - log L(t); the predictions' change as the log of its variance relative
+    to theirs; the rate as log lr and log(lr / initial lr); optionally ``progress``, the fraction of the
+    episode done. A fresh child's ratios are 1 (features 0). Non-finite losses stay non-finite.
+    first_val_loss, prev_val_loss, initial_lr: (E,); chance_loss: a number; progress: (E,) or None.
+    """
+    train, val, prediction_var, change_var, _, _, lr = np.asarray(reference, dtype=np.float64).T
+    log = lambda ratio: np.log(np.maximum(ratio, TINY))  # NaN stays NaN
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        columns = [log(train / val), log(val / first_val_loss), log(val / chance_loss), log(prev_val_loss / val),
+                   log(change_var / prediction_var), np.log(lr), np.log(lr / initial_lr)]
+    if progress is not None:
+        columns.append(np.asarray(progress, dtype=np.float64))
+    return np.stack(columns, axis=1)
+
+
+def select_features(name, reference, first_val_loss, prev_val_loss, initial_lr, chance_loss, progress):
+    """The observation named ``name`` (a key of FEATURES) of E children, (E, len(FEATURES[name]))."""
+    if name == "reference":
+        return np.asarray(reference, dtype=np.float64)
+    return relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss,
+                             progress if name == "relative-progress" else None)
 
 
 def apply_action(lr, action, discrete, action_range, action_param="clip"):
@@ -127,7 +162,9 @@ class VecALRSEnv:
     def __init__(self, config, splits, seeds, device="cpu", autoreset=True, backend="auto"):
         self.config, self.splits, self.device, self.autoreset = config, splits, torch.device(device), autoreset
         self.num_envs = len(seeds)
-        self.observation_space = Box(-np.inf, np.inf, (OBS_DIM,))
+        if config.features not in FEATURES:
+            raise ValueError(f"unknown features {config.features!r}; choose from {', '.join(FEATURES)}")
+        self.observation_space = Box(-np.inf, np.inf, (len(FEATURES[config.features]),))
         self.action_space = (Discrete(3) if config.discrete
                              else Box(*action_bounds(config.action_param, config.action_range), (1,)))
         self.children = make_children(config.architecture, splits, self.num_envs, self.device, backend,
@@ -137,7 +174,9 @@ class VecALRSEnv:
         self.lr = np.zeros(self.num_envs)
         self.step_count = np.zeros(self.num_envs, dtype=np.int64)
         self.finished = np.zeros(self.num_envs, dtype=bool)
-        self.obs = np.zeros((self.num_envs, OBS_DIM))
+        self.reference = np.zeros((self.num_envs, len(REFERENCE_FEATURES)))  # losses, info and reward read these
+        self.obs = np.zeros((self.num_envs, self.observation_space.shape[0]))  # what the controller sees
+        self.first_val_loss = np.ones(self.num_envs)  # of the episode's fresh child
         self.prev_logits = torch.zeros(self.num_envs, len(splits.val_y), splits.num_classes, device=self.device)
         self.episode_return = np.zeros(self.num_envs)
         self.lr_range = np.zeros((self.num_envs, 2))
@@ -172,11 +211,12 @@ class VecALRSEnv:
     def step_lr(self, lr):
         """Like ``step`` but sets each child's learning rate directly (used to run fixed schedules)."""
         active = ~self.finished
-        previous_obs = self.obs.copy()
+        previous_obs, previous_reference = self.obs.copy(), self.reference.copy()
         self._train_and_observe(active, lr)
-        diverged = active & ~np.isfinite(self.obs).all(1)
-        reward = self._step_reward(active, diverged, previous_obs[:, 1])
+        diverged = active & ~(np.isfinite(self.obs).all(1) & np.isfinite(self.reference).all(1))
+        reward = self._step_reward(active, diverged, previous_reference[:, 1])
         self.obs[diverged] = previous_obs[diverged]  # nothing non-finite leaves the environment
+        self.reference[diverged] = previous_reference[diverged]
         self.episode_return += reward
         terminated = diverged
         truncated = active & ~diverged & (self.step_count >= self.config.num_train_steps)
@@ -186,8 +226,9 @@ class VecALRSEnv:
     def _train_and_observe(self, active, lr):
         """One block of the active children at rates ``lr`` (clipped), then their observation."""
         self.lr = np.where(active, np.clip(lr, LR_MIN, LR_MAX), self.lr)
-        self._observe(active, self._train_block(active))
+        train_loss = self._train_block(active)
         self.step_count[active] += self.config.update_freq
+        self._observe(active, train_loss)
         self.log_lr_sum[active] += np.log(self.lr[active])
         self.lr_range[active] = np.stack([np.minimum(self.lr_range[:, 0], self.lr),
                                           np.maximum(self.lr_range[:, 1], self.lr)], 1)[active]
@@ -195,7 +236,7 @@ class VecALRSEnv:
     def _step_reward(self, active, diverged, previous_val_loss):
         """The reward of every environment: 0 when inactive, the divergence penalty when diverged."""
         with np.errstate(invalid="ignore", divide="ignore"):  # a diverged child's loss is not finite
-            reward = np.where(active, self._reward(previous_val_loss, self.obs[:, 1]), 0.0)
+            reward = np.where(active, self._reward(previous_val_loss, self.reference[:, 1]), 0.0)
         return np.where(diverged, self._divergence_penalty(previous_val_loss), reward)
 
     def _end_episodes(self, done, diverged):
@@ -239,7 +280,8 @@ class VecALRSEnv:
         learning rates, counters and random generators (tensors and plain values only)."""
         return {"children": self.children.state_dict(), "lr": torch.as_tensor(self.lr),
                 "step_count": torch.as_tensor(self.step_count), "finished": torch.as_tensor(self.finished),
-                "obs": torch.as_tensor(self.obs), "prev_logits": self.prev_logits,
+                "obs": torch.as_tensor(self.obs), "reference": torch.as_tensor(self.reference),
+                "first_val_loss": torch.as_tensor(self.first_val_loss), "prev_logits": self.prev_logits,
                 "episode_return": torch.as_tensor(self.episode_return), "lr_range": torch.as_tensor(self.lr_range),
                 "initial_lr": torch.as_tensor(self.initial_lr), "log_lr_sum": torch.as_tensor(self.log_lr_sum),
                 "seeds": self.seeds, "env_generators": [g.get_state() for g in self.env_generators],
@@ -248,7 +290,10 @@ class VecALRSEnv:
     def load_state_dict(self, state):
         self._seed(state["seeds"])
         self.children.load_state_dict(state["children"])
-        for name in ("lr", "step_count", "finished", "obs", "episode_return", "lr_range", "initial_lr", "log_lr_sum"):
+        if "reference" not in state:  # saved before the feature sets: the observation was the reference's
+            state = state | {"reference": state["obs"], "first_val_loss": state["obs"][:, 1]}
+        for name in ("lr", "step_count", "finished", "obs", "reference", "first_val_loss", "episode_return",
+                     "lr_range", "initial_lr", "log_lr_sum"):
             setattr(self, name, state[name].numpy().copy())
         self.prev_logits.copy_(state["prev_logits"])
         for generators, states in ((self.env_generators, state["env_generators"]),
@@ -291,11 +336,11 @@ class VecALRSEnv:
         return loss.view(self.num_envs, -1).mean(1), logits
 
     def _observe(self, active, train_loss=None):
-        """Validation pass and the 7 features of the active environments (the block's one host sync).
+        """Validation pass and the features of the active environments (the block's one host sync).
 
         ``train_loss=None`` observes fresh children: no block has been trained, so the training-loss
-        feature is their validation loss (a fresh child's expected training loss), and the change of
-        the predictions is the predictions.
+        feature is their validation loss (a fresh child's expected training loss), the change of
+        the predictions is the predictions, and the validation loss is the episode's first.
         """
         val_loss, logits = self._evaluate(self.splits.val_x, self.splits.val_y)
         mask = to_device(active, self.device).view(-1, 1, 1)  # masked with torch.where: no host sync
@@ -306,18 +351,72 @@ class VecALRSEnv:
         features = observation_features(train_loss, val_loss, logits, self.prev_logits,
                                         self.children.output_weights(), lr)
         self.prev_logits.copy_(torch.where(mask, logits, self.prev_logits))
-        self.obs[active] = features.double().cpu().numpy()[active]  # the block's one wait for the GPU
+        reference = features.double().cpu().numpy()  # the block's one wait for the GPU
+        fresh = train_loss is None
+        previous_val_loss = reference[:, 1] if fresh else self.reference[:, 1]
+        if fresh:
+            self.first_val_loss[active] = reference[active, 1]
+        observation = select_features(self.config.features, reference, self.first_val_loss, previous_val_loss,
+                                      self.initial_lr, self.chance_loss,
+                                      self.step_count / self.config.num_train_steps)
+        self.reference[active], self.obs[active] = reference[active], observation[active]
 
     def _info(self, i, final=False, diverged=False):
-        info = {"train_loss": float(self.obs[i, 0]), "val_loss": float(self.obs[i, 1]),
+        info = {"train_loss": float(self.reference[i, 0]), "val_loss": float(self.reference[i, 1]),
                 "lr": float(self.lr[i]), "step": int(self.step_count[i])}
         if final:
-            info.update(final_val_loss=float(self.obs[i, 1]) if not diverged else math.nan,
+            info.update(final_val_loss=float(self.reference[i, 1]) if not diverged else math.nan,
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
                         lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]),
                         initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]),
                         lr_geomean=float(np.exp(self.log_lr_sum[i] * self.config.update_freq / self.step_count[i])))
         return info
+
+
+class TaskMixVecEnv:
+    """Environments of several tasks stepped as one vector environment, Gymnasium's API: one
+    VecALRSEnv per task (each with its own children, data and episode length), task 0's environments
+    first. Every environment runs its task in every episode; each info names it in ``"task"``."""
+
+    def __init__(self, envs, task_names):
+        self.envs, self.task_names = list(envs), list(task_names)
+        spaces = {(env.observation_space, env.action_space) for env in self.envs}
+        if len(spaces) != 1:
+            raise ValueError("every task's environment must have the same observation and action spaces")
+        self.observation_space, self.action_space = self.envs[0].observation_space, self.envs[0].action_space
+        self.num_envs = sum(env.num_envs for env in self.envs)
+        self.bounds = np.cumsum([0] + [env.num_envs for env in self.envs])
+
+    def _split(self, array):
+        return [array[start:end] for start, end in zip(self.bounds[:-1], self.bounds[1:])]
+
+    def _join(self, results):
+        """Concatenate the tasks' outputs, each (arrays..., infos), naming the task in every info."""
+        *arrays, infos = zip(*results)
+        for task, task_infos in enumerate(infos):
+            for info in task_infos:
+                info["task"] = self.task_names[task]
+        return (*(np.concatenate(parts) for parts in arrays), [info for part in infos for info in part])
+
+    @property
+    def lr(self):
+        return np.concatenate([env.lr for env in self.envs])
+
+    def reset(self, seed=None, options=None):
+        """Reset every task's environments; an int ``seed`` gives environment i the seed ``seed + i``."""
+        seeds = [None if seed is None else seed + start if np.isscalar(seed) else seed[start:end]
+                 for start, end in zip(self.bounds[:-1], self.bounds[1:])]
+        return self._join([env.reset(seed=s, options=options) for env, s in zip(self.envs, seeds)])
+
+    def step(self, actions):
+        return self._join([env.step(part) for env, part in zip(self.envs, self._split(np.asarray(actions)))])
+
+    def state_dict(self):
+        return {"tasks": [env.state_dict() for env in self.envs]}
+
+    def load_state_dict(self, state):
+        for env, env_state in zip(self.envs, state.get("tasks", [state])):  # one VecALRSEnv's, before task mixes
+            env.load_state_dict(env_state)
 
 
 def run_episode(envs, next_lr, seeds, initial_lr=None):

@@ -9,13 +9,15 @@ import torch
 
 from children import PRECISIONS
 from data import DATASETS, DEFAULT_VAL_SIZE
-from environment import ACTION_PARAMS, REWARDS, EnvConfig
+from environment import ACTION_PARAMS, FEATURES, REWARDS, EnvConfig
 from models import ARCHITECTURES
 from runs import DEFAULT_SEED, RUN_ID_PATTERN
+from tasks import Task, check_task, parse_task, task_from_args
 
 DEFAULTS = EnvConfig()  # the environment's defaults are the flags' defaults
 SETTING = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "train_size", "val_size",
-           "seed", "precision", "data_dir", "runs_dir")  # what names a baseline setting, and where its files are
+           "classes", "label_noise", "image_size", "seed", "precision", "data_dir",
+           "runs_dir")  # what names a baseline setting, and where its files are
 
 
 # Named sets of train.py defaults; flags given on the command line win. "reference" is the reference
@@ -53,6 +55,12 @@ def add_setting_flags(p):
     g.add_argument("--train-size", type=int, default=None,
                    help="training samples (default: the train split minus the validation split)")
     g.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="validation samples")
+    g.add_argument("--classes", type=int, default=None,
+                   help="a variant: only the images of the first this many classes (default: all)")
+    g.add_argument("--label-noise", type=float, default=0.0,
+                   help="a variant: this fraction of training labels replaced by random classes")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="a variant: images resized to this many pixels square (default: as stored)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where children train")
     g.add_argument("--cudnn-benchmark", type=int, default=1, choices=(0, 1),
                    help="1: cuDNN times its convolution algorithms (faster; the first steps slower); 0: bit-exact runs")
@@ -75,6 +83,12 @@ def add_controller_flags(p):
                    help="continuous action a -> factor: clip(a, 1/range, range) (reference) or range**clip(a, -1, 1)")
     g.add_argument("--reward", default=DEFAULTS.reward, choices=REWARDS,
                    help="per step: -L(t) (reference) or log L(t-1) - log L(t)")
+    g.add_argument("--features", default=DEFAULTS.features, choices=FEATURES,
+                   help="observation: the reference's 7; or scale-free log-ratios (relative), with the fraction "
+                        "of the episode done (relative-progress)")
+    g.add_argument("--task", action="append", default=None, metavar="KEY=VALUE,...",
+                   help="train on a mix of tasks, one --task each (keys: " + ", ".join(Task.__dataclass_fields__)
+                        + "; keys left out take the flags' values); environments are shared out among them")
     g = p.add_argument_group("PPO")
     g.add_argument("--ppo2-gamma", type=float, default=1.0, help="discount factor")
     g.add_argument("--ppo2-update-freq", type=int, default=100, help="rollout length per environment")
@@ -177,8 +191,10 @@ def explicit_flags(script, argv=None):
     parser = build_parser(script)
     unset = object()
     names = vars(parser.parse_args(argv)).keys()
-    given = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
-    return {name for name, value in vars(given).items() if value is not unset}
+    appended = {action.dest for action in parser._actions if isinstance(action, argparse._AppendAction)}
+    start = {name: None if name in appended else unset for name in names}  # an append flag needs a list or None
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**start))
+    return {name for name, value in vars(given).items() if value is not (None if name in appended else unset)}
 
 
 def check(parser, args):
@@ -196,6 +212,16 @@ def check(parser, args):
     if args.num_train_steps % args.update_freq or args.num_train_steps < 2 * args.update_freq:
         parser.error(f"argument --num-train-steps: must be a multiple of --update-freq ({args.update_freq}), "
                      f"at least twice it, got {args.num_train_steps}")
+    try:
+        check_task(task_from_args(args))
+        tasks = [parse_task(spec, task_from_args(args)) for spec in getattr(args, "task", None) or ()]
+    except ValueError as error:
+        parser.error(f"argument --task: {error}")
+    if any(t.num_train_steps % args.update_freq or t.num_train_steps < 2 * args.update_freq for t in tasks):
+        parser.error(f"argument --task: num_train_steps must be a multiple of --update-freq ({args.update_freq}), "
+                     "at least twice it")
+    if len(tasks) > args.num_envs:
+        parser.error(f"argument --num-envs: {len(tasks)} tasks need at least as many environments, got {args.num_envs}")
     if args.initial_lr < 0:
         parser.error("argument --initial-lr: must be positive, or 0 (drawn per episode)")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -295,11 +295,17 @@ def ppo_update(agent, optimizer, batch, config, generator=None):
 CHECKPOINT_FORMAT = "alrs-controller-1"
 
 
-def controller_state(agent, normalizer, action_range, action_param="clip"):
-    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics."""
+def controller_features(state):
+    """The observation a controller checkpoint expects; checkpoints from before feature sets: the reference's."""
+    return state.get("features", "reference")
+
+
+def controller_state(agent, normalizer, action_range, action_param="clip", features="reference"):
+    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics and
+    the observation it expects (a key of environment.FEATURES)."""
     return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
-            "action_param": action_param, "agent": agent.state_dict(), "normalizer": normalizer.state_dict(),
-            "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
+            "action_param": action_param, "features": features, "agent": agent.state_dict(),
+            "normalizer": normalizer.state_dict(), "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
 
 
 def read_controller_checkpoint(path):
@@ -313,8 +319,9 @@ def read_controller_checkpoint(path):
 
 def load_controller(state):
     """(agent, normalizer, action_range, action_param) from ``controller_state``; the normalizer is
-    frozen. Checkpoints from before the action parametrization was saved use "clip"."""
-    agent = ActorCritic(discrete=state["discrete"])
+    frozen. Checkpoints from before the action parametrization was saved use "clip". The observation
+    it expects is ``controller_features(state)``."""
+    agent = ActorCritic(state["agent"]["actor.0.weight"].shape[1], discrete=state["discrete"])
     agent.load_state_dict(state["agent"])
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
     normalizer.load_state_dict(state["normalizer"])

@@ -19,9 +19,11 @@ TRAINING_STATE_KEYS = ("format", "agent", "normalizer", "optimizer", "env", "tor
 
 
 def new_run_dir(args):
-    """A fresh runs/<dataset>_<child>_<continuous|discrete>_<time>[_<suffix>] holding args.json."""
+    """A fresh runs/<dataset>_<child>_<continuous|discrete>_<time>[_<suffix>] holding args.json (a task
+    mix's id starts with mix<number of tasks>)."""
     kind = "discrete" if args.discrete else "continuous"
-    run_id = f"{dataset_name(args.dataset)}_{args.architecture}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
+    setting = f"mix{len(args.task)}" if getattr(args, "task", None) else f"{dataset_name(args.dataset)}_{args.architecture}"
+    run_id = f"{setting}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
     if args.tb_suffix:
         run_id += f"_{args.tb_suffix}"
     run_dir = Path(args.runs_dir) / run_id
@@ -98,7 +100,9 @@ def setting_id(args):
     the settings that change a run's numbers, those at their defaults left out."""
     name = f"{dataset_name(args.dataset)}_{args.architecture}_steps{args.num_train_steps}_batch{args.batch_size}"
     for flag, value, default in (("uf", args.update_freq, EnvConfig.update_freq), ("train", args.train_size, None),
-                                 ("val", args.val_size, DEFAULT_VAL_SIZE), ("seed", args.seed, DEFAULT_SEED),
+                                 ("val", args.val_size, DEFAULT_VAL_SIZE), ("c", args.classes, None),
+                                 ("noise", args.label_noise, 0.0), ("px", args.image_size, None),
+                                 ("seed", args.seed, DEFAULT_SEED),
                                  ("", args.precision, EnvConfig.precision)):
         if value != default:
             name += f"_{flag}{value}"

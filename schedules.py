@@ -37,6 +37,37 @@ class Cosine:
         return self.initial_lr * (1 + math.cos(math.pi * step / self.total_steps)) / 2
 
 
+class Replay:
+    """Fixed rates, one per block of ``update_freq`` steps: a controller's schedule replayed open loop,
+    the control that tells whether its feedback (what it observes) matters."""
+
+    def __init__(self, initial_lr, block_rates, update_freq):
+        self.initial_lr, self.block_rates, self.update_freq = initial_lr, np.asarray(block_rates), update_freq
+
+    def next_lr(self, obs, lr, step):
+        return float(self.block_rates[min(step // self.update_freq, len(self.block_rates) - 1)])
+
+
+def replay_schedules(initial_lr, lr_curves, update_freq):
+    """For each seed j, a Replay of the geometric mean over the other seeds of the rates of each block.
+
+    ``lr_curves``: (seeds, T) rates as run_episode records them (entry 0 the initial rate, entry t the
+    rate of the block that ended at observation t; NaN after a divergence, skipped; a block no other
+    seed reached keeps the last rate)."""
+    log_rates = np.log(np.asarray(lr_curves, dtype=float)[:, 1:])
+    replays = []
+    for j in range(len(log_rates)):
+        others = np.delete(log_rates, j, axis=0)
+        finite = np.isfinite(others)
+        count = finite.sum(0)
+        mean = np.where(count > 0, np.where(finite, others, 0).sum(0) / np.maximum(count, 1), np.nan)
+        for k in range(len(mean)):  # hold the last rate where no other seed got
+            if not np.isfinite(mean[k]):
+                mean[k] = mean[k - 1] if k else math.log(initial_lr)
+        replays.append(Replay(initial_lr, np.exp(mean), update_freq))
+    return replays
+
+
 def baseline_schedule(run, num_train_steps):
     """The schedule of a baselines.py run record (its ``kind`` is one of BASELINE_KINDS)."""
     if run["kind"] == "constant":

@@ -13,6 +13,7 @@ rate; the best baselines overall are rows too. Prints mean +- std and standard e
 differences; writes results.json and schedules*.png under
 runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode>/.
 """
+import argparse
 import math
 from dataclasses import dataclass
 
@@ -21,18 +22,19 @@ from tqdm import tqdm
 
 import distributed
 import flags
-from data import dataset_name, load_splits
+from data import dataset_name
+from tasks import VARIANT_KEYS, load_task_splits, parse_task, task_from_args
 from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig
 from plots import plot_schedules
-from ppo import ActorCritic, load_controller, read_controller_checkpoint
+from ppo import ActorCritic, controller_features, load_controller, read_controller_checkpoint
 from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
-from schedules import BASELINE_KINDS, Controller, baseline_schedule, run_synced
+from schedules import BASELINE_KINDS, Controller, baseline_schedule, replay_schedules, run_synced
 from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
 CURVES = ("train_loss", "val_loss", "lr")
 INHERITED = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "initial_lr", "data_dir",
-             "train_size", "val_size", "precision")  # taken from the trained run unless given
+             "train_size", "val_size", *VARIANT_KEYS, "precision")  # taken from the trained run unless given
 
 
 def load_baseline_runs(args):
@@ -67,7 +69,7 @@ def load_policies(run_dir, state):
     untrained = None
     untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
     if untrained_path.exists():
-        untrained = ActorCritic(discrete=agent.discrete).eval()
+        untrained = ActorCritic(agent.actor[0].in_features, discrete=agent.discrete).eval()
         untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
     else:
         print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained rows")
@@ -160,35 +162,89 @@ def evaluate(args, argv, device):
     start_lrs = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
     rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs)
 
-    trained_on = f"{dataset_name(trained['dataset'])}/{trained['architecture']}"
-    tested_on = f"{dataset_name(args.dataset)}/{args.architecture}"
-    transfer = trained_on != tested_on
+    trained_labels = trained_settings(trained)
+    trained_on = ", ".join(trained_labels)
+    tested_on = setting_label(task_from_args(args))
+    transfer = tested_on not in trained_labels
     mode = "deterministic" if args.test_deterministic else "sampled"
     checkpoint = args.test_schedule.removesuffix(".pt")
-    out = run_dir / "test" / (f"{dataset_name(args.dataset)}_{args.architecture}" + ("_transfer" if transfer else "")
+    out = run_dir / "test" / (tested_on.replace("/", "_") + ("_transfer" if transfer else "")
                               + f"_{checkpoint}_{mode}")
     if distributed.is_main():
         check_writable(out)
     print(f"controller {args.test_id} ({args.test_schedule}, {mode}), trained on {trained_on}, tested on "
           f"{tested_on}" + ("  [TRANSFER]" if transfer else ""))
-    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
-    config = EnvConfig.from_args(args, lr_noise=False)
-    schedules = [row.schedule for row in rows]
+    splits = load_task_splits(task_from_args(args), args.data_dir, device, args.download)
+    config = EnvConfig.from_args(args, lr_noise=False, features=controller_features(state))
     runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]
     finished = {}  # run index -> the curves and metrics of every row on that seed
-    tell = lambda: report(args, rows, [finished[i] for i in sorted(finished)], runs, out, trained, trained_on,
-                          tested_on, transfer)
+    tell = lambda shown: report(args, shown, [finished[i] for i in sorted(finished)], runs, out, trained, trained_on,
+                                tested_on, transfer)
+    run_all = lambda schedules_of, desc: run_seeds(runs, schedules_of, config, splits, device, desc)
     try:
-        for index in tqdm(distributed.shard(range(len(runs))), unit="run", desc="test", dynamic_ncols=True,
-                          disable=not distributed.is_main()):
-            finished[index] = run_synced(schedules, config, splits, runs[index]["seed"], device)
-    except KeyboardInterrupt:
-        if finished and distributed.world_size() == 1:  # report the runs that finished, then stop
-            tell()
+        finished = run_all(lambda index: [row.schedule for row in rows], "test")
+    except KeyboardInterrupt as stop:
+        if stop.args and distributed.world_size() == 1:  # report the runs that finished, then stop
+            finished = stop.args[0]
+            tell(rows)
         raise
-    finished = {index: curves for part in distributed.all_gather(finished) for index, curves in part.items()}
+    if len(runs) > 1:  # the replay: each seed runs the other seeds' geometric-mean learned schedule
+        replays = replay_rows(args, rows, [finished[i] for i in range(len(runs))])
+        try:
+            again = run_all(lambda index: [row.schedule[index] for row in replays], "replay")
+        except KeyboardInterrupt:
+            if distributed.is_main():
+                tell(rows)  # every seed finished, the replay did not
+            raise
+        finished = {index: join_results(finished[index], again[index]) for index in finished}
+        rows = rows + replays
     if distributed.is_main():
-        tell()
+        tell(rows)
+
+
+def run_seeds(runs, schedules_of, config, splits, device, desc):
+    """run_synced on every seed of ``runs`` with the schedules ``schedules_of(run index)`` (under
+    torchrun split across the ranks); {run index: results}. Ctrl-C raises KeyboardInterrupt carrying
+    the seeds that finished."""
+    finished = {}
+    try:
+        for index in tqdm(distributed.shard(range(len(runs))), unit="run", desc=desc, dynamic_ncols=True,
+                          disable=not distributed.is_main()):
+            finished[index] = run_synced(schedules_of(index), config, splits, runs[index]["seed"], device)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(finished) if finished else KeyboardInterrupt() from None
+    return {index: curves for part in distributed.all_gather(finished) for index, curves in part.items()}
+
+
+def replay_rows(args, rows, seeds):
+    """The control for feedback: for each learned row, its schedule replayed open loop, on each seed the
+    geometric mean over the other seeds of the rates it chose (a row's ``schedule`` is a list by seed)."""
+    replays = []
+    for i, row in enumerate(rows):
+        if row.key.startswith("learned@"):
+            lr_curves = np.stack([curves["lr"][i] for curves in seeds])
+            replays.append(Row(f"replay@{row.start:g}", f"replay of learned from {row.start:g} (open loop)", row.start,
+                               replay_schedules(row.start, lr_curves, args.update_freq),
+                               {"kind": "replay", "of": row.key, "initial_lr": row.start}))
+    return replays
+
+
+def join_results(first, second):
+    """run_episode's results of two sets of rows on the same seed, as one (rows of ``first`` first)."""
+    return {key: value if key == "step" else np.concatenate([value, second[key]]) for key, value in first.items()}
+
+
+def setting_label(task):
+    """dataset/child and the variant of a task, as test.py names what a controller was trained or tested on."""
+    variant = "".join(f"_{key}{getattr(task, key):g}" for key in VARIANT_KEYS
+                      if getattr(task, key) != getattr(type(task), key))
+    return f"{dataset_name(task.dataset)}/{task.architecture}{variant}"
+
+
+def trained_settings(trained):
+    """The setting labels of the tasks a run (its args.json) trained on."""
+    base = task_from_args(argparse.Namespace(**trained))
+    return sorted({setting_label(parse_task(spec, base)) for spec in trained.get("task") or ()} or {setting_label(base)})
 
 
 def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfer):
@@ -210,7 +266,8 @@ def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfe
     for row in rows:
         if not row.key.startswith("learned@"):
             continue
-        for other in (f"untrained@{row.start:g}", *(f"{kind}@{row.start:g}" for kind in BASELINE_KINDS),
+        for other in (f"untrained@{row.start:g}", f"replay@{row.start:g}",
+                      *(f"{kind}@{row.start:g}" for kind in BASELINE_KINDS),
                       "step_decay_best", "cosine_best"):
             if other in results:
                 comparisons[f"{row.key} - {other}"] = paired_difference(results[row.key]["final_val_loss"],
@@ -226,7 +283,7 @@ def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfe
         "mode": "deterministic" if args.test_deterministic else "sampled",
         "trained_on": trained_on, "tested_on": tested_on, "transfer": transfer,
         "seeds": [r["seed"] for r in runs[:finished]],
-        "rows": {row.key: {"label": row.label, "initial_lr": row.schedule.initial_lr, "config": row.config}
+        "rows": {row.key: {"label": row.label, "initial_lr": row.config["initial_lr"], "config": row.config}
                  for row in rows},
         "summary": summary, "paired_differences": comparisons,
         "runs": {row.key: {m: json_floats(results[row.key][m]) for m in METRICS} for row in rows},

@@ -9,6 +9,7 @@ checkpoints/{latest,best,step-*}.pt and progress.png.
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,13 @@ from tqdm import tqdm
 
 import distributed
 import flags
-from data import load_splits
-from environment import OBS_DIM, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, nearest_start
+from environment import RANDOM_INITIAL_LRS, EnvConfig, TaskMixVecEnv, VecALRSEnv, nearest_start
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  controller_state, policy_statistics, ppo_update)
 from runs import (BEST_WINDOW, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
                   save_training_state)
+from tasks import TASK_KEYS, load_task_splits, parse_task, task_from_args
 from tensorboard_log import TensorBoardLog
 from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli,
                    save_checkpoint)
@@ -70,23 +71,23 @@ def collect_rollout(envs, agent, buffer, obs, done, on_step=None):
 
 
 class RecentFinals:
-    """The final validation losses of the last ``window`` finished episodes of each initial rate.
+    """The final validation losses of the last ``window`` finished episodes of each task and initial rate.
 
-    best.pt is chosen on their mean over the rates: with random initial rates (--initial-lr 0) a
-    plain moving average would mostly reward a window that happened to draw the easy starts.
+    best.pt is chosen on their mean over the tasks and rates: with random initial rates (--initial-lr 0)
+    or a task mix, a plain moving average would mostly reward a window that happened to draw the easy ones.
     """
 
-    def __init__(self, starts, window=BEST_WINDOW, losses=None):
-        self.starts, self.window = list(starts), window
-        self.losses = losses or [[] for _ in self.starts]
+    def __init__(self, tasks, starts, window=BEST_WINDOW, losses=None):
+        self.tasks, self.starts, self.window = list(tasks), list(starts), window
+        self.losses = losses or [[] for _ in range(len(self.tasks) * len(self.starts))]
 
-    def add(self, initial_lr, final_val_loss):
-        """Count an episode under the start rate nearest to its (noisy) initial rate."""
-        i = self.starts.index(nearest_start(initial_lr, self.starts))
+    def add(self, task, initial_lr, final_val_loss):
+        """Count an episode under its task and the start rate nearest to its (noisy) initial rate."""
+        i = self.tasks.index(task) * len(self.starts) + self.starts.index(nearest_start(initial_lr, self.starts))
         self.losses[i] = (self.losses[i] + [final_val_loss])[-self.window:]
 
     def score(self):
-        """Mean over the start rates of their windowed mean, or None until every rate fills its window."""
+        """Mean over the tasks and start rates of their windowed mean, or None until each fills its window."""
         if any(len(losses) < self.window for losses in self.losses):
             return None
         return float(np.mean([np.mean(losses) for losses in self.losses]))
@@ -94,7 +95,8 @@ class RecentFinals:
 
 def episode_record(update, step, env, info, num_envs, num_steps, number):
     """One line of episodes.jsonl (a diverged episode's final validation loss is null)."""
-    return {"update": update, "episode": number, "env": env, "timesteps": (update * num_steps + step + 1) * num_envs,
+    return {"update": update, "episode": number, "env": env, "task": info["task"],
+            "timesteps": (update * num_steps + step + 1) * num_envs,
             "return": info["episode_return"], "diverged": info["diverged"],
             "final_val_loss": None if info["diverged"] else info["final_val_loss"],
             **{key: info[key] for key in EPISODE_LR_KEYS}}
@@ -121,6 +123,25 @@ def rank_state(raw_envs, normalizer, obs, done):
             "done": torch.as_tensor(done), "returns": torch.as_tensor(normalizer.returns)}
 
 
+def training_tasks(args):
+    """The tasks of --task, or the one the setting flags describe."""
+    return [parse_task(spec, task_from_args(args)) for spec in args.task or ()] or [task_from_args(args)]
+
+
+def make_envs(args, tasks, seeds, device):
+    """The training environments: ``seeds`` shared out among ``tasks`` in order (as evenly as they
+    go), each task's in one VecALRSEnv on its own data; a dataset is read once for all its tasks."""
+    counts = [len(seeds) // len(tasks) + (t < len(seeds) % len(tasks)) for t in range(len(tasks))]
+    envs, start = [], 0
+    for task, count in zip(tasks, counts):
+        splits = load_task_splits(task, args.data_dir, device, args.download)
+        config = EnvConfig.from_args(args, lr_noise=True, architecture=task.architecture,
+                                     batch_size=task.batch_size, num_train_steps=task.num_train_steps)
+        envs.append(VecALRSEnv(config, splits, seeds[start:start + count], device))
+        start += count
+    return TaskMixVecEnv(envs, [task.name for task in tasks])
+
+
 def train(args, device):
     """Train a controller; under torchrun, every rank runs its own environments (DD-PPO) and rank 0
     alone writes the experiment folder."""
@@ -129,8 +150,10 @@ def train(args, device):
     if main_rank:
         check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
-    print(f"loading {args.dataset} from {args.data_dir} ...", flush=True)
-    splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
+    tasks = training_tasks(args)
+    print(f"loading {len(tasks)} task(s) from {args.data_dir}: {', '.join(t.name for t in tasks)} ...", flush=True)
+    seeds = [args.seed * TRAIN_SEED_OFFSET + rank * args.num_envs + i for i in range(args.num_envs)]
+    raw_envs = make_envs(args, tasks, seeds, device)
     if main_rank:
         run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
     run_dir = Path(distributed.broadcast(str(run_dir)))
@@ -142,24 +165,23 @@ def train(args, device):
     if num_updates == 0:
         raise UserError(f"--ppo2-total-timesteps {args.ppo2_total_timesteps} is less than one rollout of "
                         f"{world} processes x {num_envs} environments x {num_steps} steps")
-    seeds = [args.seed * TRAIN_SEED_OFFSET + rank * num_envs + i for i in range(num_envs)]
-    raw_envs = VecALRSEnv(EnvConfig.from_args(args, lr_noise=True), splits, seeds, device)
-    agent = ActorCritic(OBS_DIM, discrete=bool(args.discrete))  # the same initial weights on every rank
+    obs_dim = raw_envs.observation_space.shape[0]
+    agent = ActorCritic(obs_dim, discrete=bool(args.discrete))  # the same initial weights on every rank
     if rank > 0:
         torch.manual_seed(args.seed * TRAIN_SEED_OFFSET + rank)  # its own action noise and minibatch order
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
     clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
-    normalizer = VecNormalizer(OBS_DIM, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
+    normalizer = VecNormalizer(obs_dim, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
                                args.ppo2_gamma, clip)
     envs = NormalizedVecEnv(raw_envs, normalizer)
     config = PPOConfig(clip_range=args.ppo2_cliprange, ent_coef=args.ppo2_ent_coef,
                        num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
     action_bounds = () if args.discrete else (raw_envs.action_space.low, raw_envs.action_space.high)
-    buffer = RolloutBuffer(num_steps, num_envs, OBS_DIM, () if args.discrete else (1,))
+    buffer = RolloutBuffer(num_steps, num_envs, obs_dim, () if args.discrete else (1,))
     periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
     checkpoints = run_dir / "checkpoints"
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
-    controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param)
+    controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param, args.features)
     starts = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
 
     def report_stop():
@@ -189,11 +211,11 @@ def train(args, device):
         raw_envs.load_state_dict(mine["env"])
         torch.set_rng_state(mine["torch_rng"])
         start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
-        recent = RecentFinals(starts, losses=state["recent_finals"])
+        recent = RecentFinals(raw_envs.task_names, starts, losses=state["recent_finals"])
         obs, done = mine["obs"].numpy(), mine["done"].numpy()
         print(f"resuming at update {start_update}/{num_updates} ({start_update * steps_per_update} steps)")
     else:
-        start_update, num_episodes, best_val, recent = 0, 0, float("inf"), RecentFinals(starts)
+        start_update, num_episodes, best_val, recent = 0, 0, float("inf"), RecentFinals(raw_envs.task_names, starts)
         if main_rank:
             save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
         try:
@@ -229,7 +251,7 @@ def train(args, device):
             finished = [e for e in episodes if e["final_val_loss"] is not None]
             mean_val = float(np.mean([e["final_val_loss"] for e in finished])) if finished else None
             for e in finished:
-                recent.add(e["initial_lr"], e["final_val_loss"])
+                recent.add(e["task"], e["initial_lr"], e["final_val_loss"])
             score = recent.score()
             if score is not None and score < best_val:
                 # the policy that produced the latest episodes, before this rollout's update changes it
@@ -278,9 +300,20 @@ def train(args, device):
     print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes per initial rate "
           f"{best}; "
           f"checkpoints in {checkpoints}")
-    print("evaluate: sweep the baselines of this setting once, then test the controller:\n  "
-          + flags.baselines_command(args) + "\n  "
-          + flags.command_line("test", {"test_id": run_dir.name, "runs_dir": args.runs_dir}))
+    print("evaluate: sweep the baselines of a setting once, then test the controller on it:\n  "
+          + "\n  ".join(evaluation_commands(args, tasks, run_dir.name)))
+
+
+def evaluation_commands(args, tasks, run_id):
+    """The baselines.py and test.py commands of each training task (a single task's test.py takes the
+    run's own settings; a mix's names the task's)."""
+    commands = []
+    for task in tasks:
+        setting = type(args)(**vars(args) | asdict(task))
+        named = {key: getattr(setting, key) for key in TASK_KEYS} if len(tasks) > 1 else {}
+        commands += [flags.baselines_command(setting),
+                     flags.command_line("test", {"test_id": run_id, **named, "runs_dir": args.runs_dir})]
+    return commands
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def test_cifar10_resnet_discrete_trains_a_controller(mnist_dir, tmp_path):
     assert run_dir.name.startswith("cifar10_resnet_discrete_")
     state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
     assert state["discrete"] and state["agent"]["actor.4.weight"].shape == (3, 32)
-    assert len(state["env"]["children"]["models"]) == 2  # BatchNorm children train as modules
+    assert len(state["env"]["tasks"][0]["children"]["models"]) == 2  # BatchNorm children train as modules
 
 
 def test_image_folder_dataset_runs_end_to_end(tmp_path):

@@ -41,11 +41,21 @@ def test_diverged_child_ends_its_episode_and_nothing_non_finite_enters_the_contr
 
 
 def test_best_checkpoint_score_averages_a_window_per_initial_rate():
-    recent = RecentFinals((1e-2, 1e-3), window=2)
-    recent.add(1.05e-2, 0.4)
-    recent.add(0.0092, 0.6)  # both nearest 1e-2 (the initial rate carries noise)
+    recent = RecentFinals(["task"], (1e-2, 1e-3), window=2)
+    recent.add("task", 1.05e-2, 0.4)
+    recent.add("task", 0.0092, 0.6)  # both nearest 1e-2 (the initial rate carries noise)
     assert recent.score() is None  # no episode from 1e-3 yet
     for initial_lr, loss in ((9e-4, 1.0), (1.1e-3, 2.0), (1e-3, 3.0)):
-        recent.add(initial_lr, loss)
+        recent.add("task", initial_lr, loss)
     assert recent.losses == [[0.4, 0.6], [2.0, 3.0]]  # the last 2 of each rate
     assert recent.score() == pytest.approx((0.5 + 2.5) / 2)  # each rate counts the same, whatever the mix
+
+
+def test_best_checkpoint_score_averages_a_window_per_task_and_rate():
+    recent = RecentFinals(["easy", "hard"], (1e-3,), window=1)
+    recent.add("hard", 1e-3, 2.0)
+    assert recent.score() is None  # no episode of the easy task yet
+    recent.add("easy", 1e-3, 0.2)
+    recent.add("easy", 1e-3, 0.4)
+    assert recent.losses == [[0.4], [2.0]]
+    assert recent.score() == pytest.approx((0.4 + 2.0) / 2)
