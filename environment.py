@@ -342,9 +342,10 @@ class VecALRSEnv:
         feature is their validation loss (a fresh child's expected training loss), the change of
         the predictions is the predictions, and the validation loss is the episode's first.
         """
+        fresh = train_loss is None
         val_loss, logits = self._evaluate(self.splits.val_x, self.splits.val_y)
         mask = to_device(active, self.device).view(-1, 1, 1)  # masked with torch.where: no host sync
-        if train_loss is None:
+        if fresh:
             train_loss = val_loss
             self.prev_logits.masked_fill_(mask, 0)
         lr = to_device(self.lr.astype(np.float32), self.device)
@@ -352,7 +353,6 @@ class VecALRSEnv:
                                         self.children.output_weights(), lr)
         self.prev_logits.copy_(torch.where(mask, logits, self.prev_logits))
         reference = features.double().cpu().numpy()  # the block's one wait for the GPU
-        fresh = train_loss is None
         previous_val_loss = reference[:, 1] if fresh else self.reference[:, 1]
         if fresh:
             self.first_val_loss[active] = reference[active, 1]
