@@ -84,12 +84,17 @@ def plot_training(episodes, updates, path, title, window=16):
     fig, axes = plt.subplots(3, 4, figsize=(20, 11), gridspec_kw=dict(left=0.05, right=0.99, bottom=0.05, top=0.94,
                                                                        wspace=0.25, hspace=0.22))
     steps = [e["timesteps"] for e in episodes]
-    final = [np.nan if e["final_val_loss"] is None else e["final_val_loss"] for e in episodes]
     ax = axes[0, 0]
-    ax.plot(steps, final, ".", alpha=0.4, label="episode")
-    ax.plot(steps, running_mean(final, window), label=f"running mean of {window}")
+    tasks = list(dict.fromkeys(e.get("task") for e in episodes))  # a task mix: one colour per task
+    for task in tasks:
+        mine = [e for e in episodes if e.get("task") == task]
+        final = [np.nan if e["final_val_loss"] is None else e["final_val_loss"] for e in mine]
+        at = [e["timesteps"] for e in mine]
+        dots, = ax.plot(at, final, ".", alpha=0.4, label="episode" if len(tasks) == 1 else None)
+        ax.plot(at, running_mean(final, window), color=dots.get_color(),
+                label=f"running mean of {window}" if len(tasks) == 1 else task)
     ax.set(yscale="log", ylabel="final validation loss (lower is better)")
-    ax.legend()
+    ax.legend(fontsize=8 if len(tasks) > 1 else None)
     ax = axes[0, 1]
     for key, label in (("initial_lr", "initial"), ("lr_geomean", "geometric mean"), ("final_lr", "final")):
         ax.plot(steps, [e.get(key, np.nan) for e in episodes], ".", alpha=0.5, label=label)

@@ -310,7 +310,7 @@ def evaluation_commands(args, tasks, run_id):
     commands = []
     for task in tasks:
         setting = type(args)(**vars(args) | asdict(task))
-        named = {key: getattr(setting, key) for key in TASK_KEYS} if len(tasks) > 1 else {}
+        named = {key: getattr(setting, key) for key in (*TASK_KEYS, "update_freq")} if len(tasks) > 1 else {}
         commands += [flags.baselines_command(setting),
                      flags.command_line("test", {"test_id": run_id, **named, "runs_dir": args.runs_dir})]
     return commands

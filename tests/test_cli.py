@@ -516,3 +516,42 @@ def test_download_failure_is_a_one_line_error_before_any_experiment(tmp_path, mo
                  check=False)
     assert_one_line_error(result, "could not download fa-mnist", "copy ../shared/data/FashionMNIST")
     assert not list((tmp_path / "runs").iterdir())
+
+
+def test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_with_the_replay(mnist_dir, tmp_path):
+    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--architecture", "mlp"]
+    out = run("train.py", *common, *TINY_PPO, "--ppo2-total-timesteps", "16", "--features", "relative-progress",
+              "--task", "num_train_steps=6", "--task", "classes=5,label_noise=0.2").stdout
+    run_id = experiment_id(out)
+    assert run_id.startswith("mix2_continuous_")
+    short, variant = "fa-mnist_mlp_b16_s6_n200_val50", "fa-mnist_mlp_b16_s12_n200_val50_c5_noise0.2"
+    episodes = jsonl(tmp_path / run_id / "episodes.jsonl")
+    assert {e["task"] for e in episodes} == {short, variant}
+    assert all((e["task"] == short) == (e["env"] == 0) for e in episodes)  # an environment keeps its task
+    assert sum(e["task"] == short for e in episodes) == 2 * sum(e["task"] == variant for e in episodes)
+    latest = torch.load(tmp_path / run_id / "checkpoints" / "latest.pt", weights_only=True)
+    assert latest["features"] == "relative-progress" and latest["agent"]["actor.0.weight"].shape == (32, 8)
+    commands = [shlex.split(line.strip()) for line in out.splitlines() if line.strip().startswith("python ")]
+    assert [c[1] for c in commands] == ["baselines.py", "test.py"] * 2
+    run("baselines.py", *commands[2][2:], *TINY_GRID)
+    run("test.py", *commands[3][2:], "--test-runs", "3", "--test-schedule", "latest")
+    result = json.loads((tmp_path / run_id / "test" / "fa-mnist_mlp_classes5_label_noise0.2_latest_deterministic"
+                         / "results.json").read_text())
+    assert not result["transfer"] and result["tested_on"] == "fa-mnist/mlp_classes5_label_noise0.2"
+    replay = result["rows"]["replay@0.001"]
+    assert replay["config"] == {"kind": "replay", "of": "learned@0.001", "initial_lr": 0.001}
+    assert len(result["runs"]["replay@0.001"]["final_val_loss"]) == 3
+    assert "learned@0.001 - replay@0.001" in result["paired_differences"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "batch_size=0"], "argument --task: batch_size must be positive"),
+    (["--task", "speed=fast"], "argument --task: 'speed=fast' is not key=value"),
+    (["--task", "num_train_steps=7"], "argument --task: num_train_steps must be a multiple of --update-freq"),
+    (["--num-envs", "1", "--task", "dataset=mnist", "--task", "dataset=fa-mnist"], "argument --num-envs: 2 tasks"),
+    (["--features", "all"], "argument --features: invalid choice"),
+])
+def test_bad_tasks_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        flags.parse_args("train", argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
