@@ -15,7 +15,6 @@ and the estimated wall time of a default train.py run (50 000 controller steps x
 child training only).
 """
 import argparse
-import json
 import time
 
 import numpy as np
@@ -30,7 +29,7 @@ from data import Splits
 from environment import EnvConfig, VecALRSEnv
 from flags import ArgumentParser
 from models import build_model
-from utils import atomic_write, resolve_device
+from utils import resolve_device, run_cli, save_json
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet": (3, 32, 32)}
 DEFAULT_CHILD_STEPS = 50000 * 10  # a default train.py run: --ppo2-total-timesteps x --update-freq, all envs
@@ -186,10 +185,11 @@ def main(argv=None):
                     f"{ms['train_only']:>12.2f}{speedup['env']:>13.1f}x{speedup['vec_env']:>13.1f}x"
                     f"{plan['seconds_per_episode']:>11.1f}{plan['train_py_minutes']:>11.0f} min")
         print(rows[-1] if len(rows) > 1 else f"milliseconds per child step\n{header}\n{rows[-1]}", flush=True)
+        if args.json:  # after each child, so a run stopped part-way keeps the children it timed
+            save_json(args.json, results)
     if args.json:
-        atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
         print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
