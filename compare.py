@@ -13,7 +13,6 @@ finished run is a line of <out>/runs.jsonl, and a rerun skips it. The report (re
 summary.json; compare.png) covers every finished run of the tasks and seeds asked for.
 docs/compare.md describes the methods and the output.
 """
-import argparse
 import hashlib
 import importlib.util
 import math
@@ -54,6 +53,7 @@ PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt"}  # optional
 STEP_DECAY_GRID = ((10, 0.9), (10, 0.5), (4, 0.9), (4, 0.5))  # (discount every total/k steps, factor)
 PLATEAU_PATIENCE = 4  # torch's count: the 5th check without a new best (50 steps) halves the rate
 SCHEDULEFREE_WARMUP = 0.05  # of the run's steps
+METRICS = ("final_val_loss", "test_loss", "test_accuracy")  # of each run
 CHANCE_FRACTION = 0.95  # a final validation loss above this fraction of ln(classes) is "at chance"
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "fa-mnist_mlp_stable.pt"
 
@@ -115,7 +115,8 @@ def load_data(task, data_dir, device):
     """The task's TaskData; a batch larger than the training split (no batch at all) is a UserError."""
     splits = load_task_splits(task, data_dir, device)
     if task.batch_size > len(splits.train_y):
-        raise UserError(f"task {task.name}: batch_size {task.batch_size} exceeds its {len(splits.train_y)} training images")
+        raise UserError(f"task {task.name}: batch_size {task.batch_size} exceeds its {len(splits.train_y)} "
+                        "training images")
     return TaskData(splits, (to_float(splits.val_x), splits.val_y), (to_float(splits.test_x), splits.test_y))
 
 
@@ -218,7 +219,7 @@ def train_run(method, task, data, seed, device, replay=None):
     test_loss, test_accuracy = (math.nan, math.nan) if diverged else evaluate(model, *data.test)
     lrs += [math.nan] * (total // UPDATE_FREQ + 1 - len(lrs))
     return {"task": task.name, "method": method.name, "seed": seed, "kind": method.kind, "initial_lr": method.lr,
-            **dict(zip(("final_val_loss", "test_loss", "test_accuracy"), json_floats([val_loss, test_loss, test_accuracy]))),
+            **dict(zip(METRICS, json_floats([val_loss, test_loss, test_accuracy]))),
             "diverged": diverged, "num_classes": splits.num_classes, "lr": json_floats(lrs),
             "seconds": round(time.perf_counter() - started, 2)}
 
@@ -254,8 +255,6 @@ def paired_difference(a, b):
 
 def verdict(diff):
     """better or worse by more than two standard errors (a negative difference: the first is better)."""
-    if diff is None:
-        return None
     return "better" if diff["mean"] < -2 * diff["sem"] else "worse" if diff["mean"] > 2 * diff["sem"] else "within 2 SE"
 
 
@@ -280,8 +279,8 @@ def picks(summaries):
     decay of its grid; the best-of-grid cosine and schedule-free AdamW over the start rates."""
     of_kind = lambda kind, lr=None: [n for n, s in summaries.items()
                                      if s["kind"] == kind and (lr is None or s["initial_lr"] == lr)]
-    chosen = {f"step_decay@{lr_text(lr)}": best_of(summaries, of_kind("step_decay", lr))
-              for lr in sorted({s["initial_lr"] for s in summaries.values() if s["kind"] == "step_decay"}, reverse=True)}
+    decay_starts = sorted({s["initial_lr"] for s in summaries.values() if s["kind"] == "step_decay"}, reverse=True)
+    chosen = {f"step_decay@{lr_text(lr)}": best_of(summaries, of_kind("step_decay", lr)) for lr in decay_starts}
     chosen.update(cosine_best=best_of(summaries, of_kind("cosine")),
                   schedulefree_best=best_of(summaries, of_kind("schedulefree")))
     return {key: name for key, name in chosen.items() if name is not None}
@@ -354,7 +353,7 @@ def summarize_task(runs):
             log_mean = np.log(curves).mean(0)  # NaN after a divergence, as the run
         summaries[name] = {"kind": records[0]["kind"], "initial_lr": records[0]["initial_lr"],
                            **{m: summarize(r[m] if r[m] is not None else math.nan for r in records)
-                              for m in ("final_val_loss", "test_loss", "test_accuracy")},
+                              for m in METRICS},
                            "failed": sum(map(failed, records)), "lr_geomean": json_floats(np.exp(log_mean))}
     return summaries
 
@@ -383,14 +382,16 @@ def check_cell(value):
 
 def summarize_all(records, tasks, seeds):
     """Everything the report shows, as plain values: per task its rows, picks, paired differences of
-    every controller row and the bar checks; the bar of every controller. Written as summary.json."""
+    every controller row and the bar checks; the bar of every controller run from BAR_START. Written as
+    summary.json."""
     result = {"seeds": list(seeds), "tasks": {}, "bar": {}}
     for task, runs in collect(records, [t.name for t in tasks], seeds).items():
         if not runs:
             continue
         summaries = summarize_task(runs)
         chosen = picks(summaries)
-        labels = sorted({r["controller"] for by_seed in runs.values() for r in by_seed.values() if r["kind"] == "alrs"})
+        labels = sorted({r["controller"] for by_seed in runs.values() for r in by_seed.values()
+                         if r["kind"] == "alrs" and r["initial_lr"] == BAR_START})
         differences = {}
         for name in (n for n in summaries if summaries[n]["kind"] == "alrs"):
             label = next(iter(runs[name].values()))["controller"]
@@ -414,10 +415,12 @@ def markdown(summary):
     lines = [f"# compare.py: {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
              "Final validation loss and test accuracy, mean ± standard error over the seeds (lower loss is better); "
              "failed: diverged or ended at chance (final validation loss ≥ "
-             f"{CHANCE_FRACTION:g} ln classes). †: picked on these same seeds (lowest mean final validation loss).", ""]
+             f"{CHANCE_FRACTION:g} ln classes). †: picked on these same seeds (lowest mean final validation "
+             "loss).", ""]
     for task, t in summary["tasks"].items():
         rows, chosen = t["rows"], t["picked"]
-        lines += [f"## {task}", "", "| method | final validation loss | test accuracy (%) | failed |", "|---|---|---|---|"]
+        lines += [f"## {task}", "", "| method | final validation loss | test accuracy (%) | failed |",
+                  "|---|---|---|---|"]
         for name in row_order(rows, chosen):
             s = rows[name]
             mark = " †" if name in chosen.values() else ""
@@ -489,22 +492,25 @@ def report(records, tasks, seeds, out):
 # ----------------------------------------------------------------------------- the command line
 
 def build_parser():
-    p = flags.ArgumentParser(prog="compare.py", description=__doc__.splitlines()[0],
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = flags.ArgumentParser(prog="compare.py", description=__doc__.splitlines()[0])
     p.add_argument("--task", action="append", metavar="KEY=VALUE,...",
-                   help="a task, keys of tasks.Task, those left out as in " + ", ".join(
+                   help="a task (repeatable), keys of tasks.Task; keys left out as in " + ", ".join(
                        f"{k}={getattr(BASE_TASK, k)}" for k in ("dataset", "architecture", "batch_size",
                                                                  "num_train_steps", "train_size", "val_size"))
-                        + " (repeatable; default: " + "; ".join(HELD_OUT_TASKS) + ")")
+                        + ". Default: the held-out tasks " + "; ".join(HELD_OUT_TASKS))
     p.add_argument("--controller", action="append", metavar="PATH",
-                   help=f"a controller checkpoint, its rows named by the file stem (repeatable; default: {PRETRAINED.name})")
-    p.add_argument("--methods", nargs="+", default=list(KINDS), choices=(*KINDS, "baselines"),
-                   help="the methods to run (baselines: all but alrs and replay; replay runs alrs too)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
-    p.add_argument("--lrs", type=float, nargs="+", default=list(START_LRS), help="start rates")
-    p.add_argument("--out", default="runs/compare", help="folder of runs.jsonl and the report")
-    p.add_argument("--data-dir", default="data", help="folder holding the datasets (torchvision layout)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where children train")
+                   help="a controller checkpoint (repeatable), its rows named by the file stem "
+                        f"(default: {PRETRAINED.name})")
+    p.add_argument("--methods", nargs="+", default=list(KINDS), choices=(*KINDS, "baselines"), metavar="KIND",
+                   help=f"the methods to run, of {', '.join(KINDS)}; baselines: all but alrs and replay; "
+                        "replay runs alrs too (default: all)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default: 5)")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(START_LRS), metavar="LR",
+                   help="start rates (default: 1e-2 1e-3 1e-4)")
+    p.add_argument("--out", default="runs/compare", help="folder of runs.jsonl and the report (default: runs/compare)")
+    p.add_argument("--data-dir", default="data", help="folder holding the datasets, torchvision layout (default: data)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where children train (default: auto)")
     return p
 
 
@@ -515,7 +521,7 @@ def parse_args(argv=None):
     if args.seeds <= 0 or any(lr <= 0 for lr in args.lrs):
         parser.error("--seeds and --lrs must be positive")
     try:
-        args.tasks = [parse_task(spec, BASE_TASK) for spec in args.task or HELD_OUT_TASKS]
+        args.tasks = list(dict.fromkeys(parse_task(spec, BASE_TASK) for spec in args.task or HELD_OUT_TASKS))
     except ValueError as error:
         parser.error(f"argument --task: {error}")
     for task in args.tasks:
@@ -553,6 +559,19 @@ def check_controllers(records, controllers):
                             "rename the file or use another --out")
 
 
+def run_method(method, task, data, seed, seeds, records, device):
+    """train_run's record, with a controller's name, path and digest; a replay follows the controller's
+    finished runs on the other ``seeds`` and records which seeds those were."""
+    extra, replay = {}, None
+    if method.kind == "replay":
+        alrs = collect(records, [task.name], seeds)[task.name][Method("alrs", method.lr, method.controller).name]
+        replay, extra["replay_seeds"] = replay_schedule(alrs, seed, method.lr)
+    if method.controller:
+        extra.update(controller=Path(method.controller).stem, controller_path=str(method.controller),
+                     controller_digest=file_digest(method.controller))
+    return train_run(method, task, data, seed, device, replay) | extra
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -575,15 +594,7 @@ def main(argv=None):
             # the replays last: each needs the controller's runs on every other seed
             for method, seed in sorted(mine, key=lambda item: (item[0].kind == "replay", item[1])):
                 progress.set_postfix_str(f"{task.name} {method.name} seed {seed}")
-                extra, replay = {}, None
-                if method.kind == "replay":
-                    alrs = collect(records, [task.name], seeds)[task.name][Method("alrs", method.lr, method.controller).name]
-                    replay, others = replay_schedule(alrs, seed, method.lr)
-                    extra["replay_seeds"] = others
-                if method.controller:
-                    extra.update(controller=Path(method.controller).stem, controller_path=str(method.controller),
-                                 controller_digest=file_digest(method.controller))
-                record = train_run(method, task, data, seed, device, replay) | extra
+                record = run_method(method, task, data, seed, seeds, records, device)
                 append_jsonl(out / "runs.jsonl", record)
                 records.append(record)
                 progress.update()

@@ -43,8 +43,8 @@ def test_summarize_and_paired_difference():
                                                            "runs": 3, "diverged": 1}
     a, b = {0: 1.0, 1: 2.0, 2: 3.0, 3: math.nan}, {0: 0.5, 1: 1.5, 2: 2.9, 4: 1.0}
     diff = compare.paired_difference(a, b)  # seeds 0-2: differences 0.5, 0.5, 0.1
-    assert diff == {"mean": pytest.approx(1.1 / 3), "sem": pytest.approx(np.std([0.5, 0.5, 0.1], ddof=1) / math.sqrt(3)),
-                    "runs": 3}
+    sem = np.std([0.5, 0.5, 0.1], ddof=1) / math.sqrt(3)
+    assert diff == {"mean": pytest.approx(1.1 / 3), "sem": pytest.approx(sem), "runs": 3}
     assert compare.verdict(diff) == "worse"  # 0.367 > 2 x 0.133
     assert compare.verdict({"mean": -0.1, "sem": 0.04}) == "better"
     assert compare.verdict({"mean": -0.1, "sem": 0.06}) == "within 2 SE"
@@ -188,9 +188,9 @@ def test_cli_end_to_end_resumes_and_adds_a_controller(mnist_dir, tmp_path):
     assert code == 0, stderr
     added = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()][len(records):]
     assert sorted(r["method"] for r in added) == sorted([f"alrs:again@{lr}" for lr in ("1e-2", "1e-3", "1e-4")] * 2)
-    assert added[0]["final_val_loss"] == next(r["final_val_loss"] for r in records  # the same controller, seed, start
-                                              if r["method"] == added[0]["method"].replace("again", "fa-mnist_mlp_stable")
-                                              and r["seed"] == added[0]["seed"])
+    same = added[0]["method"].replace("again", "fa-mnist_mlp_stable")  # the same file under another name
+    assert added[0]["final_val_loss"] == next(r["final_val_loss"] for r in records
+                                              if r["method"] == same and r["seed"] == added[0]["seed"])
     assert "alrs:again@1e-3 − row" in stdout and "The bar (issue 16): again" in stdout
 
 
@@ -211,7 +211,8 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 
 def test_a_missing_optional_package_is_named_only_when_asked_for(monkeypatch, capsys, tmp_path):
     find_spec = compare.importlib.util.find_spec
-    monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None if name == "schedulefree" else find_spec(name))
+    monkeypatch.setattr(compare.importlib.util, "find_spec",
+                        lambda name: None if name == "schedulefree" else find_spec(name))
     assert compare.parse_args(["--methods", "constant", "prodigy"]).kinds == {"constant", "prodigy"}
     with pytest.raises(SystemExit):
         compare.parse_args(["--methods", "schedulefree"])
