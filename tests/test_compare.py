@@ -148,6 +148,19 @@ def test_every_method_on_a_seed_starts_alike_and_sees_the_same_batches(tiny_data
     assert constant["lr"] == [1e-3] * 3 and not constant["diverged"]
 
 
+def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_data, monkeypatch):
+    task, data = tiny_data
+    def poisoned(*args):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+        torch.nn.init.constant_(model[1].bias, math.nan)
+        return model
+    monkeypatch.setattr(compare, "build_model", poisoned)
+    result = compare.train_run(Method("cosine", 1e-3), task, data, seed=0, device="cpu")
+    assert result["diverged"] and result["final_val_loss"] is None and result["test_accuracy"] is None
+    assert result["lr"] == [1e-3, 1e-3, None]  # the start, block 0 (where it stopped), then nothing
+    assert compare.failed(result)
+
+
 def run(*args):
     """compare.py in this process, as the shell runs it; (exit code, stdout, stderr)."""
     out, err, code = io.StringIO(), io.StringIO(), 0
