@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data import DEFAULT_VAL_SIZE, dataset_name
 from environment import EnvConfig
-from utils import UserError, load_checkpoint, save_checkpoint, save_json
+from utils import UserError, load_checkpoint, read_jsonl, save_checkpoint, save_json
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ids are plain names, never paths
 DEFAULT_SEED = 0
@@ -82,9 +82,13 @@ def save_training_state(run_dir, state):
 
 
 def load_training_state(run_dir, device_type):
-    """The state save_training_state wrote, or None for a run stopped before its first update."""
+    """The state save_training_state wrote, or None for a run stopped before its first update. A run
+    that recorded updates but has no latest.pt is a UserError: starting it over would erase its records."""
     path = Path(run_dir) / "checkpoints" / TRAINING_STATE
     if not path.exists():
+        if read_jsonl(Path(run_dir) / "updates.jsonl") or read_jsonl(Path(run_dir) / "episodes.jsonl"):
+            raise UserError(f"{path} is missing, so {Path(run_dir).name} cannot continue where it stopped; "
+                            f"its records are kept: restore latest.pt, or start a new run without --resume")
         return None
     state = load_checkpoint(path, required=TRAINING_STATE_KEYS)
     if state["device"] != device_type:  # children are stacked for vmap on a GPU, separate on a CPU

@@ -310,6 +310,17 @@ def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_di
         assert torch.equal(value, final[1]["agent"][key]), key
 
 
+def test_resume_without_latest_pt_refuses_and_keeps_the_records(mnist_dir, tmp_path):
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--architecture", "mlp",
+              "--ppo2-total-timesteps", "16").stdout
+    run_dir = tmp_path / experiment_id(out)
+    records = {name: (run_dir / name).read_text() for name in ("episodes.jsonl", "updates.jsonl")}
+    (run_dir / "checkpoints" / "latest.pt").unlink()
+    result = run("train.py", "--resume", run_dir.name, "--runs-dir", tmp_path, "--device", "cpu", check=False)
+    assert_one_line_error(result, "latest.pt is missing", run_dir.name)
+    assert records == {name: (run_dir / name).read_text() for name in records} and all(records.values())
+
+
 def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path):
     process = start("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
                     "--ppo2-total-timesteps", "800")
