@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from children import BatchSampler, to_float
-from conftest import ROOT, write_image_folder
+from conftest import ROOT, write_image_folder, write_mnist
 from data import load_splits
 from environment import EnvConfig, VecALRSEnv, run_episode
 from models import build_model
 from scheduler import ALRSScheduler, load_scheduler_controller
 from schedules import Controller
+from utils import run_cli
 
 PRETRAINED = ROOT / "pretrained" / "fa-mnist_mlp_stable.pt"
 STEPS, FREQ, BATCH, SEED = 40, 10, 16, 3
@@ -187,11 +188,13 @@ def test_pretrained_controller_is_the_study_policy():
     assert state["trained_args"]["reward"] == "log-improvement" and state["timesteps"] == 40000
 
 
-def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, tmp_path, capsys):
+def test_own_loop_example_trains_with_the_pretrained_controller_offline(tmp_path, capsys):
+    """On the .gz files torchvision downloads (as in ../shared/data), an image folder, or no data."""
     spec = importlib.util.spec_from_file_location("own_loop", ROOT / "examples" / "own_loop.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    common = ["--data-dir", str(mnist_dir), "--val-size", "100", "--steps", "20", "--batch-size", "16",
+    data = write_mnist(tmp_path / "data", "FashionMNIST", compress=True)
+    common = ["--data-dir", str(data), "--val-size", "100", "--steps", "20", "--batch-size", "16",
               "--log-every", "10"]
     images = write_image_folder(tmp_path / "images", size=28, mode="L", num_classes=3, per_class=(60, 4))
     folder = ["--image-folder", str(images), "--val-size", "30"]
@@ -200,3 +203,6 @@ def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, tmp_p
         lines = capsys.readouterr().out.splitlines()
         rates = [float(re.search(r"lr (\S+)", line).group(1)) for line in lines]
         assert len(lines) == 2 and all(r != 1e-3 for r in rates) == changed, lines
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(example.main, ["--data-dir", str(tmp_path / "nothing")], prog="own_loop.py")
+    assert exit_info.value.code == 2 and "fa-mnist not found" in capsys.readouterr().err
