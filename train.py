@@ -280,7 +280,8 @@ def train(args, device):
           f"checkpoints in {checkpoints}")
     print("evaluate: sweep the baselines of this setting once, then test the controller:\n  "
           + flags.baselines_command(args) + "\n  "
-          + flags.command_line("test", {"test_id": run_dir.name, "runs_dir": args.runs_dir}))
+          + flags.command_line("test", {"test_id": run_dir.name, "runs_dir": args.runs_dir,
+                                        "test_schedule": "latest" if best_val == float("inf") else None}))
 
 
 if __name__ == "__main__":

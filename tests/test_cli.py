@@ -416,16 +416,18 @@ def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
     flags.parse_args("test", ["--test-id", run_id])  # a plain name test.py and --resume accept
 
 
-def test_printed_hints_work_as_printed(mnist_dir, tmp_path):
+@pytest.mark.parametrize("timesteps, checkpoint", [(64, "best"), (16, "latest")])  # 16: too short for best.pt
+def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps, checkpoint):
     """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag."""
     runs = tmp_path / "my runs"
-    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp").stdout
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp",
+              "--ppo2-total-timesteps", timesteps).stdout
     commands = [line.strip() for line in out.splitlines() if line.strip().startswith("python ")]
     assert [shlex.split(c)[1] for c in commands] == ["baselines.py", "test.py"]
     for command in commands:
         _, script, *args = shlex.split(command)
         run(script, *args, "--test-runs", "1") if script == "test.py" else run(script, *args)
-    result = json.loads(next(runs.glob("*/test/fa-mnist_mlp_best_deterministic/results.json")).read_text())
+    result = json.loads(next(runs.glob(f"*/test/fa-mnist_mlp_{checkpoint}_deterministic/results.json")).read_text())
     assert result["args"]["num_train_steps"] == 12 and result["args"]["data_dir"] == str(mnist_dir)
 
 
