@@ -19,7 +19,7 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, ImageFolder
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms.functional import pil_to_tensor
 
-from utils import UserError
+from utils import UserError, new_folders, remove_empty
 
 DATASETS = ("mnist", "fa-mnist", "cifar10")
 SPLIT_SEED = 0  # the validation split is the same for every experiment, so results compare
@@ -99,11 +99,14 @@ def missing_files(dataset, data_dir):
 
 def download_dataset(dataset, data_dir):
     """Fetch a named dataset with torchvision's own class, which writes exactly the layout read here
-    and checks each archive's MD5 sum; a failure (no network, a bad archive) is a UserError."""
+    and checks each archive's MD5 sum; a failure (no network, a bad archive) is a UserError, and the
+    empty folders it made are removed."""
     print(f"downloading {dataset} into {data_dir}/ with torchvision ...", flush=True)
+    created = new_folders(Path(data_dir) / MNIST_FOLDERS[dataset] / "raw" if dataset in MNIST_FOLDERS else data_dir)
     try:
         TORCHVISION_CLASSES[dataset](root=str(data_dir), train=True, download=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; bad checksums are RuntimeErrors
+        remove_empty(created)
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise UserError(f"could not download {dataset} ({reason}); without network, "
                         + MISSING_HINTS[dataset].format(data_dir=data_dir)) from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data import DEFAULT_VAL_SIZE, dataset_name
 from environment import EnvConfig
-from utils import UserError, load_checkpoint, read_jsonl, save_checkpoint, save_json
+from utils import UserError, load_checkpoint, new_folders, read_jsonl, remove_empty, save_checkpoint, save_json
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ids are plain names, never paths
 DEFAULT_SEED = 0
@@ -35,8 +35,10 @@ def new_run_dir(args):
 
 
 def check_writable(folder):
-    """Create ``folder`` and write a file in it, before any work; a UserError says why it cannot be."""
+    """Check, before any work, that ``folder`` can be created and written to; a UserError says why it
+    cannot be. The folders the check creates are removed again, so a start that fails later leaves none."""
     folder = Path(folder)
+    created = new_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -44,6 +46,8 @@ def check_writable(folder):
         probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write to {folder}: {error.strerror or error}") from None
+    finally:
+        remove_empty(created)
 
 
 def list_runs(runs_dir):

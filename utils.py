@@ -36,6 +36,21 @@ def run_cli(main, argv=None, prog=None):
         sys.exit(130)
 
 
+def new_folders(path):
+    """The folders that creating folder ``path`` would create: it and its missing parents, deepest first."""
+    path = Path(path).absolute()
+    return [folder for folder in (path, *path.parents) if not folder.exists()]
+
+
+def remove_empty(folders):
+    """Remove those of ``folders`` (deepest first) that are empty: what a failed or trial step created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
+
+
 def atomic_write(path, write):
     """Write a file through ``write(file_object)`` into a temporary file, then rename it into place."""
     path = Path(path)
@@ -68,6 +83,7 @@ def load_json(path):
 
 def append_jsonl(path, record):
     """Append one record as a line, always on a line of its own; a crash can tear at most this line."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
         if f.tell() > 0:
             f.seek(f.tell() - 1)

@@ -210,6 +210,13 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     ("train", ["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
     ("train", ["--ppo2-total-timesteps", "100"], "--ppo2-total-timesteps: less than one rollout"),
     ("baselines", ["--discount-factors", "1.5"], "--discount-factors in (0, 1]"),
+    # nan and inf pass every range check: refused for every float flag
+    ("train", ["--initial-lr", "nan"], "--initial-lr: must be a finite number, got 'nan'"),
+    ("test", ["--test-id", "x", "--initial-lr", "inf"], "--initial-lr: must be a finite number, got 'inf'"),
+    ("train", ["--action-range", "nan"], "--action-range: must be a finite number"),
+    ("train", ["--ppo2-gamma=-inf"], "--ppo2-gamma: must be a finite number"),
+    ("baselines", ["--initial-lrs", "0.1", "NaN"], "--initial-lrs: must be a finite number"),
+    ("train", ["--ppo2-lr", "fast"], "--ppo2-lr: not a number: 'fast'"),
     # each script takes only its own flags
     ("train", ["--test-runs", "5"], "unrecognized arguments: --test-runs"),
     ("baselines", ["--ppo2-lr", "0.1"], "unrecognized arguments: --ppo2-lr"),
@@ -251,7 +258,7 @@ def assert_one_line_error(result, *fragments):
 def test_missing_data_names_the_files_and_folder(tmp_path):
     result = run("train.py", "--data-dir", tmp_path, "--runs-dir", tmp_path / "runs", check=False)
     assert_one_line_error(result, "train-images-idx3-ubyte", str(tmp_path / "FashionMNIST" / "raw"))
-    assert not list((tmp_path / "runs").iterdir())  # no empty experiment left behind
+    assert not (tmp_path / "runs").exists()  # no empty folder left behind
 
 
 def test_unknown_test_id_lists_the_experiments(trained):
@@ -528,4 +535,4 @@ def test_download_failure_is_a_one_line_error_before_any_experiment(tmp_path, mo
     result = run("train.py", "--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs", *TINY, "--download",
                  check=False)
     assert_one_line_error(result, "could not download fa-mnist", "copy ../shared/data/FashionMNIST")
-    assert not list((tmp_path / "runs").iterdir())
+    assert sorted(tmp_path.iterdir()) == []  # neither data/FashionMNIST/raw nor runs/ left behind
