@@ -127,7 +127,9 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
     runs, run_id, common = trained
     out = run("test.py", *common, "--test-id", run_id, "--test-runs", "2").stdout
     assert "TRANSFER" not in out
-    assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4} \(\d+\.\d{4}\)", out, re.M), out
+    assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4}\s", out, re.M), out
+    table = out.split("lower loss is better")[1].split("\nsaved ")[0]  # the lines before name paths
+    assert max(map(len, table.splitlines())) <= 120 and "paired differences of final validation loss" in table
     folder = runs / run_id / "test" / "fa-mnist_cnn_best_deterministic"
     result = json.loads((folder / "results.json").read_text())
     assert not result["transfer"] and len(result["seeds"]) == 2 and result["mode"] == "deterministic"
@@ -140,6 +142,17 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
         assert len(method["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in method["test_accuracy"])
     for lr in ("0.01", "0.001", "0.0001"):
         assert (folder / f"schedules_from_{lr}.png").exists()
+
+
+def test_one_seed_shows_progress_in_child_steps_and_a_table_without_spread(trained):
+    runs, run_id, common = trained
+    result = run("test.py", *common, "--test-id", run_id, "--test-runs", "1", "--test-schedule", "latest")
+    assert re.search(r"test, 15 children per seed: 100%.* 12/12 ", result.stderr), result.stderr  # child steps
+    table = result.stdout.split("lower loss is better")[1].split("\nsaved ")[0]
+    assert "1 seed, no spread" in result.stdout and "+-" not in table and "paired differences of" not in table
+    assert "no paired differences" in table and max(map(len, table.splitlines())) <= 120
+    marked = [line.split(" from ")[0] for line in table.splitlines() if re.search(r" \*\s", line)]
+    assert len(marked) == len(set(marked)) <= 3, marked  # at most one row per kind marked best overall
 
 
 def test_untrained_row_is_the_initial_policy_and_sampling_is_seeded(trained):
