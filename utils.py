@@ -3,6 +3,7 @@ import io
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,8 +25,10 @@ def resolve_device(name, cudnn_benchmark=True):
 
 def run_cli(main, argv=None, prog=None):
     """Run a script's ``main(argv)``: user errors become one line on stderr (exit 2), Ctrl-C a clean
-    exit (130). Tests call it in-process with an argument list."""
+    exit (130). SIGTERM (``kill``, a job scheduler's stop) is handled as Ctrl-C, so a script stopped
+    either way saves what it can and says how to continue. Tests call it in-process with an argument list."""
     prog = prog or Path(sys.argv[0]).name
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(argv)
     except UserError as error:
@@ -34,6 +37,12 @@ def run_cli(main, argv=None, prog=None):
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted; finished results are saved.", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def new_folders(path):
