@@ -40,6 +40,13 @@ def finite_float(text):
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default to its help, unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, the message and where help is, not the whole usage."""
 
@@ -150,7 +157,7 @@ SCRIPTS = {
 def build_parser(script):
     description, groups = SCRIPTS[script]
     parser = ArgumentParser(prog=f"{script}.py", description=description,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=HelpFormatter)
     for add in groups:
         add(parser)
     return parser

@@ -250,6 +250,9 @@ def test_each_script_help_lists_only_its_flags(capsys):
             flags.parse_args(script, ["--help"])
         help_text = capsys.readouterr().out
         assert present in help_text and absent not in help_text
+        for option in help_text.split("\n  --"):
+            assert option.count("(default") <= 1, option  # a default the help text gives is not repeated
+        assert "(default: 10000)" in help_text  # --val-size: the formatter's default
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
