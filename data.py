@@ -26,6 +26,12 @@ SPLIT_SEED = 0  # the validation split is the same for every experiment, so resu
 DEFAULT_VAL_SIZE = 10000
 
 
+def data_source(dataset, data_dir):
+    """Where ``load_splits`` reads a dataset from, for messages: --data-dir for a named dataset, else
+    the image folder itself."""
+    return f"{dataset} from {data_dir}" if dataset in DATASETS else f"images from {dataset}"
+
+
 def dataset_name(dataset):
     """Short name of a dataset flag for ids and folders: the name itself, or a safe slug of an image
     folder's name (letters, digits, '.', '_', '-'; anything else becomes '-')."""
@@ -161,8 +167,11 @@ def load_cifar10(data_dir):
 def _read_image_folder(root, mode):
     folder = ImageFolder(root, loader=lambda path: _open_image(path, mode))
     images = [pil_to_tensor(image) for image, _ in folder]
-    if len({tuple(x.shape) for x in images}) != 1:
-        raise UserError(f"images under {root} differ in size; resize them to one size first")
+    odd = next((i for i, x in enumerate(images) if x.shape != images[0].shape), None)
+    if odd is not None:
+        size = lambda i: "x".join(map(str, images[i].shape[1:]))
+        raise UserError(f"images under {root} differ in size: {folder.samples[odd][0]} is {size(odd)}, "
+                        f"{folder.samples[0][0]} is {size(0)}; resize them to one size first")
     return torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), folder.classes
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import distributed
 import flags
-from data import load_splits
+from data import data_source, load_splits
 from environment import OBS_DIM, RANDOM_INITIAL_LRS, EnvConfig, VecALRSEnv, nearest_start
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
@@ -129,7 +129,7 @@ def train(args, device):
     if main_rank:
         check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
-    print(f"loading {args.dataset} from {args.data_dir} ...", flush=True)
+    print(f"loading {data_source(args.dataset, args.data_dir)} ...", flush=True)
     splits = load_splits(args.dataset, args.data_dir, args.train_size, args.val_size, device, args.download)
     if main_rank:
         run_dir = run_dir or new_run_dir(args)  # created only once the data loaded

@@ -204,6 +204,7 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     out = run("train.py", *common, "--ppo2-update-freq", "3", "--ppo2-total-timesteps", "6",
               "--ppo2-nminibatches", "2").stdout
     assert experiment_id(out).startswith("shapes_mlp_continuous_")
+    assert f"loading images from {folder} ..." in out and "from data" not in out
 
 
 @pytest.mark.parametrize("script, argv, message", [

@@ -190,7 +190,7 @@ def break_folder(root, how):
 
 @pytest.mark.parametrize("how,message", [("no test folder", "train/<class>"),
                                          ("different classes", "classes"),
-                                         ("mixed sizes", "differ in size")])
+                                         ("mixed sizes", r"differ in size: \S+small.png is 20x20, \S+0.png is 32x32")])
 def test_broken_image_folder_is_a_user_error(tmp_path, how, message):
     root = write_image_folder(tmp_path / "shapes", size=32, num_classes=3, per_class=(4, 2))
     break_folder(root, how)
