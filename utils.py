@@ -47,6 +47,7 @@ def run_cli(main, argv=None, prog=None):
 
 
 def _interrupt(signum, frame):
+    """SIGTERM's handler: stop the way Ctrl-C does."""
     raise KeyboardInterrupt
 
 
