@@ -11,6 +11,7 @@ the best configuration of each kind, by final validation loss, goes to best.json
 """
 import itertools
 import math
+import sys
 
 from tqdm import tqdm
 
@@ -48,7 +49,14 @@ def run_schedules(runs, config, splits, seed, device):
 def main(argv=None):
     args = flags.parse_args("baselines", argv)
     with distributed.process_group(resolve_device(args.device, args.cudnn_benchmark)) as device:
-        sweep(args, device)
+        try:
+            sweep(args, device)
+        except KeyboardInterrupt:
+            if distributed.is_main():
+                results = baseline_dir(args) / "results.jsonl"
+                print(f"stopped: {len(read_jsonl(results))} finished runs are saved in {results}; the same command "
+                      "again continues with the rest", file=sys.stderr)
+            raise
 
 
 def sweep(args, device):

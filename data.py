@@ -19,11 +19,17 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, ImageFolder
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms.functional import pil_to_tensor
 
-from utils import UserError
+from utils import UserError, new_folders, remove_empty
 
 DATASETS = ("mnist", "fa-mnist", "cifar10")
 SPLIT_SEED = 0  # the validation split is the same for every experiment, so results compare
 DEFAULT_VAL_SIZE = 10000
+
+
+def data_source(dataset, data_dir):
+    """Where ``load_splits`` reads a dataset from, for messages: --data-dir for a named dataset, else
+    the image folder itself."""
+    return f"{dataset} from {data_dir}" if dataset in DATASETS else f"images from {dataset}"
 
 
 def dataset_name(dataset):
@@ -99,11 +105,14 @@ def missing_files(dataset, data_dir):
 
 def download_dataset(dataset, data_dir):
     """Fetch a named dataset with torchvision's own class, which writes exactly the layout read here
-    and checks each archive's MD5 sum; a failure (no network, a bad archive) is a UserError."""
+    and checks each archive's MD5 sum; a failure (no network, a bad archive) is a UserError, and the
+    empty folders it made are removed."""
     print(f"downloading {dataset} into {data_dir}/ with torchvision ...", flush=True)
+    created = new_folders(Path(data_dir) / MNIST_FOLDERS[dataset] / "raw" if dataset in MNIST_FOLDERS else data_dir)
     try:
         TORCHVISION_CLASSES[dataset](root=str(data_dir), train=True, download=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; bad checksums are RuntimeErrors
+        remove_empty(created)
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise UserError(f"could not download {dataset} ({reason}); without network, "
                         + MISSING_HINTS[dataset].format(data_dir=data_dir)) from None
@@ -158,8 +167,11 @@ def load_cifar10(data_dir):
 def _read_image_folder(root, mode):
     folder = ImageFolder(root, loader=lambda path: _open_image(path, mode))
     images = [pil_to_tensor(image) for image, _ in folder]
-    if len({tuple(x.shape) for x in images}) != 1:
-        raise UserError(f"images under {root} differ in size; resize them to one size first")
+    odd = next((i for i, x in enumerate(images) if x.shape != images[0].shape), None)
+    if odd is not None:
+        size = lambda i: "x".join(map(str, images[i].shape[1:]))
+        raise UserError(f"images under {root} differ in size: {folder.samples[odd][0]} is {size(odd)}, "
+                        f"{folder.samples[0][0]} is {size(0)}; resize them to one size first")
     return torch.stack(images), torch.tensor(folder.targets, dtype=torch.long), folder.classes
 
 

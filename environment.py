@@ -419,14 +419,15 @@ class TaskMixVecEnv:
             env.load_state_dict(env_state)
 
 
-def run_episode(envs, next_lr, seeds, initial_lr=None):
+def run_episode(envs, next_lr, seeds, initial_lr=None, on_block=None):
     """Run one episode in every environment of ``envs`` (built with ``autoreset=False``).
 
     ``next_lr(obs, lr, step)`` returns the learning rates of the block that starts at child step
     ``step`` from the observations (E, 7) and the current rates (E,). Returns the curves recorded at each observation, arrays
     ``step`` (T,) and ``train_loss``, ``val_loss``, ``lr`` (E, T), NaN after a divergence, and per
     environment (E,) ``diverged`` and the episode's metrics ``final_val_loss``, ``best_val_loss``,
-    ``test_loss``, ``test_accuracy`` of the final children, NaN for a diverged one.
+    ``test_loss``, ``test_accuracy`` of the final children, NaN for a diverged one. ``on_block(steps)``,
+    if given, is called after each block with the child steps it trained (for a progress bar).
     """
     obs, infos = envs.reset(seed=seeds, options={"initial_lr": initial_lr})
     curves = {key: [] for key in ("train_loss", "val_loss", "lr")}
@@ -441,6 +442,8 @@ def run_episode(envs, next_lr, seeds, initial_lr=None):
             break
         obs, _, terminated, _, infos = envs.step_lr(next_lr(obs, envs.lr.copy(), steps[-1]))
         diverged |= terminated
+        if on_block:
+            on_block(envs.config.update_freq)
     test_loss, test_accuracy = envs.evaluate_test()
     result = {key: np.stack(values, axis=1) for key, values in curves.items()}
     val = np.where(diverged[:, None], np.inf, result["val_loss"])

@@ -2,6 +2,7 @@
 only the groups it uses, so a flag another script reads is an error, not silently ignored."""
 import argparse
 import importlib.util
+import math
 import shlex
 from pathlib import Path
 
@@ -30,6 +31,24 @@ PRESETS = {
 }
 
 
+def finite_float(text):
+    """argparse type of every float flag: a number, not nan or inf (which would pass every range check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default to its help, unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, the message and where help is, not the whole usage."""
 
@@ -46,7 +65,7 @@ def add_setting_flags(p):
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="child training batch size")
     g.add_argument("--update-freq", type=int, default=DEFAULTS.update_freq, help="child steps between actions")
     g.add_argument("--num-train-steps", type=int, default=DEFAULTS.num_train_steps, help="child steps per episode")
-    g.add_argument("--initial-lr", type=float, default=DEFAULTS.initial_lr,
+    g.add_argument("--initial-lr", type=finite_float, default=DEFAULTS.initial_lr,
                    help="child's initial learning rate; 0 draws one of 1e-2, 1e-3, 1e-4 per episode")
     g.add_argument("--num-envs", type=int, default=4, help="environments (children) trained together")
     g.add_argument("--data-dir", default="data", help="folder holding the datasets (torchvision layout)")
@@ -77,7 +96,7 @@ def add_controller_flags(p):
     g = p.add_argument_group("actions")
     g.add_argument("--discrete", type=int, default=0, choices=(0, 1),
                    help="1: actions multiply/divide/keep the lr; 0: a continuous scale factor")
-    g.add_argument("--action-range", type=float, default=DEFAULTS.action_range,
+    g.add_argument("--action-range", type=finite_float, default=DEFAULTS.action_range,
                    help="largest factor one action applies")
     g.add_argument("--action-param", default=DEFAULTS.action_param, choices=ACTION_PARAMS,
                    help="continuous action a -> factor: clip(a, 1/range, range) (reference) or range**clip(a, -1, 1)")
@@ -90,18 +109,18 @@ def add_controller_flags(p):
                    help="train on a mix of tasks, one --task each (keys: " + ", ".join(Task.__dataclass_fields__)
                         + "; keys left out take the flags' values); environments are shared out among them")
     g = p.add_argument_group("PPO")
-    g.add_argument("--ppo2-gamma", type=float, default=1.0, help="discount factor")
+    g.add_argument("--ppo2-gamma", type=finite_float, default=1.0, help="discount factor")
     g.add_argument("--ppo2-update-freq", type=int, default=100, help="rollout length per environment")
-    g.add_argument("--ppo2-ent-coef", type=float, default=0.1, help="entropy coefficient")
-    g.add_argument("--ppo2-lr", type=float, default=3e-3, help="controller Adam learning rate")
+    g.add_argument("--ppo2-ent-coef", type=finite_float, default=0.1, help="entropy coefficient")
+    g.add_argument("--ppo2-lr", type=finite_float, default=3e-3, help="controller Adam learning rate")
     g.add_argument("--ppo2-total-timesteps", type=int, default=50000, help="controller steps over all envs")
     g.add_argument("--ppo2-nminibatches", type=int, default=4, help="minibatches per PPO epoch")
     g.add_argument("--ppo2-noptepochs", type=int, default=4, help="PPO epochs per rollout")
-    g.add_argument("--ppo2-cliprange", type=float, default=10.0,
+    g.add_argument("--ppo2-cliprange", type=finite_float, default=10.0,
                    help="PPO clip range (<= 0: no clipping), also the observation/reward clip unless --norm-clip")
     g.add_argument("--ppo2-norm-obs", type=int, default=1, choices=(0, 1), help="normalize observations")
     g.add_argument("--ppo2-norm-reward", type=int, default=1, choices=(0, 1), help="normalize rewards")
-    g.add_argument("--norm-clip", type=float, default=None,
+    g.add_argument("--norm-clip", type=finite_float, default=None,
                    help="clip of normalized observations and rewards (default: --ppo2-cliprange if > 0, else 10)")
     g = p.add_argument_group("experiment")
     g.add_argument("--preset", default="reference", choices=PRESETS,
@@ -122,10 +141,10 @@ def describe(values):
 def add_baseline_flags(p):
     """The step-decay grid: baselines.py."""
     g = p.add_argument_group("step-decay grid")
-    g.add_argument("--initial-lrs", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3, 1e-4],
+    g.add_argument("--initial-lrs", type=finite_float, nargs="+", default=[1e-1, 1e-2, 1e-3, 1e-4],
                    help="initial learning rates")
     g.add_argument("--discount-steps", type=int, nargs="+", default=[10, 20, 50, 100], help="steps between decays")
-    g.add_argument("--discount-factors", type=float, nargs="+", default=[0.99, 0.9, 0.88], help="decay factors")
+    g.add_argument("--discount-factors", type=finite_float, nargs="+", default=[0.99, 0.9, 0.88], help="decay factors")
 
 
 def add_test_flags(p):
@@ -152,7 +171,7 @@ SCRIPTS = {
 def build_parser(script):
     description, groups = SCRIPTS[script]
     parser = ArgumentParser(prog=f"{script}.py", description=description,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=HelpFormatter)
     for add in groups:
         add(parser)
     return parser

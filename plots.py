@@ -110,11 +110,11 @@ def plot_training(episodes, updates, path, title, window=16):
         ax.plot(at, series("policy_mean"), label="mean of the Gaussian (over the rollout)")
         ax.plot(at, series("policy_std"), label="std of the Gaussian")
         ax.set(ylabel="policy")
+        ax.legend()
         ax = axes[1, 0]
         for key in ("action_below", "action_inside", "action_above"):
             ax.plot(at, series(key), label=key.replace("action_", "sampled actions "))
         ax.set(ylabel="fraction of sampled actions", ylim=(0, 1))
-        ax.legend()
     else:
         for key in sorted(k for k in (updates[0] if updates else {}) if k.endswith("_frequency")):
             ax.plot(at, series(key), label=DISCRETE_ACTIONS[key])

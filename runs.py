@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data import DEFAULT_VAL_SIZE, dataset_name
 from environment import EnvConfig
-from utils import UserError, load_checkpoint, save_checkpoint, save_json
+from utils import UserError, load_checkpoint, new_folders, read_jsonl, remove_empty, save_checkpoint, save_json
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ids are plain names, never paths
 DEFAULT_SEED = 0
@@ -37,8 +37,10 @@ def new_run_dir(args):
 
 
 def check_writable(folder):
-    """Create ``folder`` and write a file in it, before any work; a UserError says why it cannot be."""
+    """Check, before any work, that ``folder`` can be created and written to; a UserError says why it
+    cannot be. The folders the check creates are removed again, so a start that fails later leaves none."""
     folder = Path(folder)
+    created = new_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -46,6 +48,8 @@ def check_writable(folder):
         probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write to {folder}: {error.strerror or error}") from None
+    finally:
+        remove_empty(created)
 
 
 def list_runs(runs_dir):
@@ -84,9 +88,13 @@ def save_training_state(run_dir, state):
 
 
 def load_training_state(run_dir, device_type):
-    """The state save_training_state wrote, or None for a run stopped before its first update."""
+    """The state save_training_state wrote, or None for a run stopped before its first update. A run
+    that recorded updates but has no latest.pt is a UserError: starting it over would erase its records."""
     path = Path(run_dir) / "checkpoints" / TRAINING_STATE
     if not path.exists():
+        if read_jsonl(Path(run_dir) / "updates.jsonl") or read_jsonl(Path(run_dir) / "episodes.jsonl"):
+            raise UserError(f"{path} is missing, so {Path(run_dir).name} cannot continue where it stopped; "
+                            f"its records are kept: restore latest.pt, or start a new run without --resume")
         return None
     state = load_checkpoint(path, required=TRAINING_STATE_KEYS)
     if state["device"] != device_type:  # children are stacked for vmap on a GPU, separate on a CPU

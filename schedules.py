@@ -100,10 +100,10 @@ def stack(schedules):
     return next_lr
 
 
-def run_synced(schedules, config, splits, seed, device):
+def run_synced(schedules, config, splits, seed, device, on_block=None):
     """One episode of one child per schedule, every child from the same initialization and batches of
     ``seed`` (torch's global RNG seeded too, so a controller's sampled actions are reproducible);
-    run_episode's results, child i following ``schedules[i]``."""
+    run_episode's results, child i following ``schedules[i]`` (``on_block``: run_episode's)."""
     torch.manual_seed(seed)
     envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
-    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules])
+    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules], on_block)

@@ -33,6 +33,8 @@ from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
 CURVES = ("train_loss", "val_loss", "lr")
+CELL = 17  # characters per table column: the lines stay under 120 characters
+BEST_OVERALL = "*"  # marks the row that holds a kind's best baseline from any initial rate
 INHERITED = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "initial_lr", "data_dir",
              "train_size", "val_size", *VARIANT_KEYS, "precision")  # taken from the trained run unless given
 
@@ -101,14 +103,20 @@ def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
         for kind in BASELINE_KINDS:
             run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
-                suffix = "  (best overall)" if run["name"] == best[kind]["name"] else ""
-                rows.append(Row(f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}: {run['name']}{suffix}",
+                marker = f" {BEST_OVERALL}" if run["name"] == best[kind]["name"] else ""
+                rows.append(Row(f"{kind}@{lr:g}", f"best {kind.replace('_', ' ')} from {lr:g}{decay(run)}{marker}",
                                 lr, baseline_schedule(run, args.num_train_steps), baseline_config(run)))
     for kind in BASELINE_KINDS:
         if not any(row.config.get("name") == best[kind]["name"] for row in rows):
-            rows.append(Row(f"{kind}_best", f"best {kind.replace('_', ' ')} overall: {best[kind]['name']}", None,
-                            baseline_schedule(best[kind], args.num_train_steps), baseline_config(best[kind])))
+            run = best[kind]
+            rows.append(Row(f"{kind}_best", f"best {kind.replace('_', ' ')} overall: from {run['initial_lr']:g}"
+                            f"{decay(run)}", None, baseline_schedule(run, args.num_train_steps), baseline_config(run)))
     return rows
+
+
+def decay(run):
+    """A step-decay run's factor and period for its label (nothing for the other kinds)."""
+    return f" (x{run['discount_factor']:g} every {run['discount_step']})" if run["kind"] == "step_decay" else ""
 
 
 def baseline_config(run):
@@ -127,13 +135,25 @@ def settings(args, argv, trained):
 
 
 def summarize(values):
-    """Mean, sample std and standard error of the finite values; diverged runs are counted apart."""
+    """Mean, sample std and standard error of the finite values (std and standard error None for fewer
+    than two); diverged runs are counted apart."""
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
     n = len(finite)
-    std = float(finite.std(ddof=1)) if n > 1 else (0.0 if n else None)
+    std = float(finite.std(ddof=1)) if n > 1 else None
     return {"mean": float(finite.mean()) if n else None, "std": std,
-            "sem": std / math.sqrt(n) if n else None, "runs": n, "diverged": int(len(values) - n)}
+            "sem": std / math.sqrt(n) if std is not None else None, "runs": n, "diverged": int(len(values) - n)}
+
+
+def cell(stats):
+    """A table cell: mean +- sample std, the mean alone for one seed, or 'diverged'."""
+    if stats["mean"] is None:
+        text = "diverged"
+    elif stats["std"] is None:
+        text = f"{stats['mean']:.4f}"
+    else:
+        text = f"{stats['mean']:.4f} +- {stats['std']:.4f}"
+    return f"{text:>{CELL}}"
 
 
 def paired_difference(a, b):
@@ -206,11 +226,14 @@ def run_seeds(runs, schedules_of, config, splits, device, desc):
     """run_synced on every seed of ``runs`` with the schedules ``schedules_of(run index)`` (under
     torchrun split across the ranks); {run index: results}. Ctrl-C raises KeyboardInterrupt carrying
     the seeds that finished."""
-    finished = {}
+    finished, mine = {}, distributed.shard(range(len(runs)))
     try:
-        for index in tqdm(distributed.shard(range(len(runs))), unit="run", desc=desc, dynamic_ncols=True,
-                          disable=not distributed.is_main()):
-            finished[index] = run_synced(schedules_of(index), config, splits, runs[index]["seed"], device)
+        with tqdm(total=len(mine) * config.num_train_steps, unit="step", desc=desc, dynamic_ncols=True,
+                  disable=not distributed.is_main()) as progress:  # in child steps: a seed can take minutes
+            for index in mine:
+                schedules = schedules_of(index)
+                progress.set_postfix(seed=f"{index + 1}/{len(runs)}", children=len(schedules))
+                finished[index] = run_synced(schedules, config, splits, runs[index]["seed"], device, progress.update)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(finished) if finished else KeyboardInterrupt() from None
     return {index: curves for part in distributed.all_gather(finished) for index, curves in part.items()}
@@ -255,13 +278,15 @@ def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfe
                | {"curves": [{k: curves[k][i] for k in CURVES} for curves in seeds]} for i, row in enumerate(rows)}
     summary = {row.key: {m: summarize(results[row.key][m]) for m in METRICS} for row in rows}
     width = max(len(row.label) for row in rows) + 2
-    print(f"\n{finished} seeds, mean +- sample std (standard error); lower loss is better"
+    spread = ("mean +- sample std (standard errors in results.json)" if finished > 1
+              else "no spread from one seed (--test-runs)")
+    print(f"\n{finished} seed{'s' * (finished > 1)}, {spread}; lower loss is better"
           + (f"  (TRANSFER: trained on {trained_on})" if transfer else ""))
-    print(f"{'schedule':<{width}}" + "".join(f"{m:>30}" for m in METRICS))
+    print(f"{'schedule':<{width}}" + "".join(f"{m.replace('_', ' '):>{CELL}}" for m in METRICS))
     for row in rows:
-        cells = "".join(f"{'diverged':>30}" if s["mean"] is None else
-                        f"{s['mean']:>12.4f} +- {s['std']:.4f} ({s['sem']:.4f})" for s in summary[row.key].values())
-        print(f"{row.label:<{width}}{cells}")
+        print(f"{row.label:<{width}}" + "".join(cell(s) for s in summary[row.key].values()))
+    if any(row.label.endswith(BEST_OVERALL) for row in rows):
+        print(f"{BEST_OVERALL} the best of its kind from any initial rate (baselines.py's best.json)")
     comparisons = {}
     for row in rows:
         if not row.key.startswith("learned@"):
@@ -272,7 +297,10 @@ def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfe
             if other in results:
                 comparisons[f"{row.key} - {other}"] = paired_difference(results[row.key]["final_val_loss"],
                                                                        results[other]["final_val_loss"])
-    print("\npaired differences of final validation loss over the same seeds (negative: learned is better)")
+    if not any(comparisons.values()):
+        print("\nno paired differences: they need 2 or more seeds on which both rows finished")
+    else:
+        print("\npaired differences of final validation loss over the same seeds (negative: learned is better)")
     for name, diff in comparisons.items():
         if diff is not None:
             verdict = ("better" if diff["mean"] < -2 * diff["sem"] else

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import distributed
 import flags
+from data import data_source
 from environment import RANDOM_INITIAL_LRS, EnvConfig, TaskMixVecEnv, VecALRSEnv, nearest_start
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
@@ -151,7 +152,8 @@ def train(args, device):
         check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
     tasks = training_tasks(args)
-    print(f"loading {len(tasks)} task(s) from {args.data_dir}: {', '.join(t.name for t in tasks)} ...", flush=True)
+    print("loading " + ", ".join(f"{t.name} ({data_source(t.dataset, args.data_dir)})" for t in tasks) + " ...",
+          flush=True)
     seeds = [args.seed * TRAIN_SEED_OFFSET + rank * args.num_envs + i for i in range(args.num_envs)]
     raw_envs = make_envs(args, tasks, seeds, device)
     if main_rank:
@@ -301,18 +303,19 @@ def train(args, device):
           f"{best}; "
           f"checkpoints in {checkpoints}")
     print("evaluate: sweep the baselines of a setting once, then test the controller on it:\n  "
-          + "\n  ".join(evaluation_commands(args, tasks, run_dir.name)))
+          + "\n  ".join(evaluation_commands(args, tasks, run_dir.name, has_best=best_val < float("inf"))))
 
 
-def evaluation_commands(args, tasks, run_id):
+def evaluation_commands(args, tasks, run_id, has_best=True):
     """The baselines.py and test.py commands of each training task (a single task's test.py takes the
-    run's own settings; a mix's names the task's)."""
+    run's own settings; a mix's names the task's); a run too short for best.pt tests latest.pt."""
     commands = []
     for task in tasks:
         setting = type(args)(**vars(args) | asdict(task))
         named = {key: getattr(setting, key) for key in (*TASK_KEYS, "update_freq")} if len(tasks) > 1 else {}
         commands += [flags.baselines_command(setting),
-                     flags.command_line("test", {"test_id": run_id, **named, "runs_dir": args.runs_dir})]
+                     flags.command_line("test", {"test_id": run_id, **named, "runs_dir": args.runs_dir,
+                                                 "test_schedule": None if has_best else "latest"})]
     return commands
 
 

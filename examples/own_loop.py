@@ -1,40 +1,43 @@
 """Train your own model with a learned learning-rate schedule: a plain PyTorch loop plus ALRSScheduler.
 
-    python examples/own_loop.py --data-dir data                        # Fashion-MNIST, torchvision layout
+    python examples/own_loop.py --data-dir ../shared/data              # Fashion-MNIST, raw or .gz IDX files
     python examples/own_loop.py --data-dir data --download             # fetch it first (needs internet)
-    python examples/own_loop.py --image-folder my_images --steps 2000  # my_images/train/<class>/*.png
-    python examples/own_loop.py --data-dir data --constant             # the same loop at a constant rate
+    python examples/own_loop.py --image-folder my_images --steps 2000  # my_images/{train,test}/<class>/*.png
+    python examples/own_loop.py --data-dir ../shared/data --constant   # the same loop at a constant rate
 
-The pretrained controller (pretrained/fa-mnist_mlp_stable.md) was trained on a 784-256-128-10 MLP
-with Adam, batch 128 and 2000 validation images; the closer your setting is to that, the closer you
-are to what it was tested on.
+The data come from the project's loader (data.load_splits), which reads the files torchvision
+downloads as they are, so the example runs offline. The pretrained controller
+(pretrained/fa-mnist_mlp_stable.md) was trained on a 784-256-128-10 MLP with Adam, batch 128 and
+2000 validation images; the closer your setting is to that, the closer you are to what it was tested on.
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, random_split
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a clone
+from data import load_splits  # noqa: E402
 from scheduler import ALRSScheduler  # noqa: E402
-
-PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained" / "fa-mnist_mlp_stable.pt"
+from utils import run_cli  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="data", help="torchvision root holding FashionMNIST/")
+    parser.add_argument("--data-dir", default="data", help="folder holding FashionMNIST/raw/ (raw or .gz IDX files)")
     parser.add_argument("--download", action="store_true", help="download Fashion-MNIST if missing")
-    parser.add_argument("--image-folder", default=None, help="use train/<class>/* images of 28x28 grey instead")
-    parser.add_argument("--controller", default=str(PRETRAINED), help="a controller checkpoint")
+    parser.add_argument("--image-folder", default=None, help="use train/<class>/* and test/<class>/* images instead")
+    parser.add_argument("--controller", default="fa-mnist_mlp_stable",
+                        help="a pretrained controller's name, or a checkpoint of train.py")
     parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
     parser.add_argument("--steps", type=int, default=1000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=2000,
+                        help="validation images: the scheduler runs a pass over them every 10 steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100, help="steps between printed lines")
     parser.add_argument("--constant", action="store_true", help="no scheduler: keep --lr (for comparison)")
@@ -42,25 +45,24 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    to_tensor = transforms.ToTensor()
-    if args.image_folder:
-        train_set = datasets.ImageFolder(Path(args.image_folder) / "train",
-                                         transforms.Compose([transforms.Grayscale(), to_tensor]))
-    else:
-        train_set = datasets.FashionMNIST(args.data_dir, train=True, transform=to_tensor, download=args.download)
-    train_set, val_set = random_split(train_set, [len(train_set) - args.val_size, args.val_size])
-    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=True)
-    val_loader = DataLoader(val_set, 1000)
+    splits = load_splits(args.image_folder or "fa-mnist", args.data_dir, val_size=args.val_size, device=device,
+                         download=args.download)  # uint8 images (N, C, H, W) and labels
+    train_loader = DataLoader(TensorDataset(splits.train_x, splits.train_y), args.batch_size, shuffle=True,
+                              drop_last=True)
+    val_data = (to_float(splits.val_x), splits.val_y)
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                          nn.Linear(128, len(train_set.dataset.classes))).to(device)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(splits.in_channels * math.prod(splits.image_size), 256), nn.ReLU(),
+                          nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, splits.num_classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = None if args.constant else ALRSScheduler(optimizer, model, args.controller, val_loader)
+    scheduler = None
+    if not args.constant:
+        scheduler = (ALRSScheduler(optimizer, model, args.controller, val_data) if args.controller.endswith(".pt")
+                     else ALRSScheduler.from_pretrained(args.controller, optimizer, model, val_data))
 
     step = 0
     while step < args.steps:
         for images, labels in train_loader:
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+            loss = F.cross_entropy(model(to_float(images)), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -69,18 +71,24 @@ def main(argv=None):
             step += 1
             if step % args.log_every == 0 or step == args.steps:
                 print(f"step {step:5d}  train loss {loss.item():.4f}  validation loss "
-                      f"{validation_loss(model, val_loader, device):.4f}  lr {optimizer.param_groups[0]['lr']:.2e}")
+                      f"{validation_loss(model, *val_data):.4f}  lr {optimizer.param_groups[0]['lr']:.2e}")
             if step == args.steps:
                 break
 
 
+def to_float(images):
+    """uint8 images as floats in [0, 1], torchvision's ToTensor scaling."""
+    return images.float() / 255
+
+
 @torch.no_grad()
-def validation_loss(model, loader, device):
+def validation_loss(model, images, labels):
     model.eval()
-    total = sum(F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").item() for x, y in loader)
+    loss = sum(F.cross_entropy(model(x), y, reduction="sum").item()
+               for x, y in zip(images.split(1000), labels.split(1000)))
     model.train()
-    return total / len(loader.dataset)
+    return loss / len(labels)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -127,7 +127,9 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
     runs, run_id, common = trained
     out = run("test.py", *common, "--test-id", run_id, "--test-runs", "2").stdout
     assert "TRANSFER" not in out
-    assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4} \(\d+\.\d{4}\)", out, re.M), out
+    assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4}\s", out, re.M), out
+    table = out.split("lower loss is better")[1].split("\nsaved ")[0]  # the lines before name paths
+    assert max(map(len, table.splitlines())) <= 120 and "paired differences of final validation loss" in table
     folder = runs / run_id / "test" / "fa-mnist_cnn_best_deterministic"
     result = json.loads((folder / "results.json").read_text())
     assert not result["transfer"] and len(result["seeds"]) == 2 and result["mode"] == "deterministic"
@@ -140,6 +142,18 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
         assert len(method["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in method["test_accuracy"])
     for lr in ("0.01", "0.001", "0.0001"):
         assert (folder / f"schedules_from_{lr}.png").exists()
+
+
+def test_one_seed_shows_progress_in_child_steps_and_a_table_without_spread(trained):
+    runs, run_id, common = trained
+    result = run("test.py", *common, "--test-id", run_id, "--test-runs", "1", "--test-schedule", "latest",
+                 "--test-deterministic", "0")  # a results folder no other test uses
+    assert re.search(r"test, 15 children per seed: 100%.* 12/12 ", result.stderr), result.stderr  # child steps
+    table = result.stdout.split("lower loss is better")[1].split("\nsaved ")[0]
+    assert "1 seed, no spread" in result.stdout and "+-" not in table and "paired differences of" not in table
+    assert "no paired differences" in table and max(map(len, table.splitlines())) <= 120
+    marked = [line.split(" from ")[0] for line in table.splitlines() if re.search(r" \*\s", line)]
+    assert len(marked) == len(set(marked)) <= 3, marked  # at most one row per kind marked best overall
 
 
 def test_untrained_row_is_the_initial_policy_and_sampling_is_seeded(trained):
@@ -191,6 +205,7 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     out = run("train.py", *common, "--ppo2-update-freq", "3", "--ppo2-total-timesteps", "6",
               "--ppo2-nminibatches", "2").stdout
     assert experiment_id(out).startswith("shapes_mlp_continuous_")
+    assert f"loading images from {folder} ..." in out and "from data" not in out
 
 
 @pytest.mark.parametrize("script, argv, message", [
@@ -210,6 +225,13 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     ("train", ["--ppo2-nminibatches", "3"], "--ppo2-nminibatches: must divide"),
     ("train", ["--ppo2-total-timesteps", "100"], "--ppo2-total-timesteps: less than one rollout"),
     ("baselines", ["--discount-factors", "1.5"], "--discount-factors in (0, 1]"),
+    # nan and inf pass every range check: refused for every float flag
+    ("train", ["--initial-lr", "nan"], "--initial-lr: must be a finite number, got 'nan'"),
+    ("test", ["--test-id", "x", "--initial-lr", "inf"], "--initial-lr: must be a finite number, got 'inf'"),
+    ("train", ["--action-range", "nan"], "--action-range: must be a finite number"),
+    ("train", ["--ppo2-gamma=-inf"], "--ppo2-gamma: must be a finite number"),
+    ("baselines", ["--initial-lrs", "0.1", "NaN"], "--initial-lrs: must be a finite number"),
+    ("train", ["--ppo2-lr", "fast"], "--ppo2-lr: not a number: 'fast'"),
     # each script takes only its own flags
     ("train", ["--test-runs", "5"], "unrecognized arguments: --test-runs"),
     ("baselines", ["--ppo2-lr", "0.1"], "unrecognized arguments: --ppo2-lr"),
@@ -230,6 +252,9 @@ def test_each_script_help_lists_only_its_flags(capsys):
             flags.parse_args(script, ["--help"])
         help_text = capsys.readouterr().out
         assert present in help_text and absent not in help_text
+        for option in help_text.split("\n  --"):
+            assert option.count("(default") <= 1, option  # a default the help text gives is not repeated
+        assert "(default: 10000)" in help_text  # --val-size: the formatter's default
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
@@ -251,7 +276,7 @@ def assert_one_line_error(result, *fragments):
 def test_missing_data_names_the_files_and_folder(tmp_path):
     result = run("train.py", "--data-dir", tmp_path, "--runs-dir", tmp_path / "runs", check=False)
     assert_one_line_error(result, "train-images-idx3-ubyte", str(tmp_path / "FashionMNIST" / "raw"))
-    assert not list((tmp_path / "runs").iterdir())  # no empty experiment left behind
+    assert not (tmp_path / "runs").exists()  # no empty folder left behind
 
 
 def test_unknown_test_id_lists_the_experiments(trained):
@@ -310,16 +335,37 @@ def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_di
         assert torch.equal(value, final[1]["agent"][key]), key
 
 
-def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path):
+def test_resume_without_latest_pt_refuses_and_keeps_the_records(mnist_dir, tmp_path):
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--architecture", "mlp",
+              "--ppo2-total-timesteps", "16").stdout
+    run_dir = tmp_path / experiment_id(out)
+    records = {name: (run_dir / name).read_text() for name in ("episodes.jsonl", "updates.jsonl")}
+    (run_dir / "checkpoints" / "latest.pt").unlink()
+    result = run("train.py", "--resume", run_dir.name, "--runs-dir", tmp_path, "--device", "cpu", check=False)
+    assert_one_line_error(result, "latest.pt is missing", run_dir.name)
+    assert records == {name: (run_dir / name).read_text() for name in records} and all(records.values())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and kill or a job scheduler
+def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path, stop):
     process = start("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
                     "--ppo2-total-timesteps", "800")
     wait_for(lambda: any(tmp_path.glob("*/checkpoints/latest.pt")), process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "Traceback" not in err and "python train.py --resume" in err
     latest = next(tmp_path.glob("*/checkpoints/latest.pt"))
     assert torch.load(latest, weights_only=True)["update"] >= 1
+
+
+def test_ctrl_c_in_baselines_says_how_to_continue(mnist_dir, tmp_path):
+    process = start("baselines.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--num-envs", "1")
+    wait_for(lambda: any(tmp_path.glob("baselines/*/results.jsonl")), process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert re.search(r"stopped: \d+ finished runs are saved in .*; the same command again continues", err), err
 
 
 def test_baselines_resume_skips_finished_runs(mnist_dir, tmp_path):
@@ -405,16 +451,18 @@ def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
     flags.parse_args("test", ["--test-id", run_id])  # a plain name test.py and --resume accept
 
 
-def test_printed_hints_work_as_printed(mnist_dir, tmp_path):
+@pytest.mark.parametrize("timesteps, checkpoint", [(64, "best"), (16, "latest")])  # 16: too short for best.pt
+def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps, checkpoint):
     """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag."""
     runs = tmp_path / "my runs"
-    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp").stdout
+    out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp",
+              "--ppo2-total-timesteps", timesteps).stdout
     commands = [line.strip() for line in out.splitlines() if line.strip().startswith("python ")]
     assert [shlex.split(c)[1] for c in commands] == ["baselines.py", "test.py"]
     for command in commands:
         _, script, *args = shlex.split(command)
         run(script, *args, "--test-runs", "1") if script == "test.py" else run(script, *args)
-    result = json.loads(next(runs.glob("*/test/fa-mnist_mlp_best_deterministic/results.json")).read_text())
+    result = json.loads(next(runs.glob(f"*/test/fa-mnist_mlp_{checkpoint}_deterministic/results.json")).read_text())
     assert result["args"]["num_train_steps"] == 12 and result["args"]["data_dir"] == str(mnist_dir)
 
 
@@ -555,3 +603,6 @@ def test_bad_tasks_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         flags.parse_args("train", argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+    assert sorted(tmp_path.iterdir()) == []  # neither data/FashionMNIST/raw nor runs/ left behind

@@ -190,7 +190,7 @@ def break_folder(root, how):
 
 @pytest.mark.parametrize("how,message", [("no test folder", "train/<class>"),
                                          ("different classes", "classes"),
-                                         ("mixed sizes", "differ in size")])
+                                         ("mixed sizes", r"differ in size: \S+small.png is 20x20, \S+0.png is 32x32")])
 def test_broken_image_folder_is_a_user_error(tmp_path, how, message):
     root = write_image_folder(tmp_path / "shapes", size=32, num_classes=3, per_class=(4, 2))
     break_folder(root, how)
@@ -397,3 +397,15 @@ def test_without_network_the_error_says_what_to_copy_where(tmp_path, monkeypatch
     message = str(error.value)
     assert "could not download fa-mnist" in message and "copy ../shared/data/FashionMNIST" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("omp, threads", [(None, 1), ("2", 2)])
+def test_the_scripts_use_one_cpu_thread_unless_omp_num_threads_says(monkeypatch, omp, threads):
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    if omp:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    torch.set_num_threads(2)
+    try:
+        assert utils.resolve_device("cpu") == torch.device("cpu") and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from children import BatchSampler, to_float
-from conftest import ROOT, write_image_folder
+from conftest import ROOT, write_image_folder, write_mnist
 from data import load_splits
 from environment import EnvConfig, VecALRSEnv, run_episode
 from models import build_model
 from scheduler import ALRSScheduler, load_scheduler_controller
 from schedules import Controller
+from utils import run_cli
 
 PRETRAINED = ROOT / "pretrained" / "fa-mnist_mlp_stable.pt"
 STEPS, FREQ, BATCH, SEED = 40, 10, 16, 3
@@ -54,7 +55,7 @@ def plain_loop(splits, controller, initial_lr, steps=STEPS, scheduler_state=None
         loss.backward()
         optimizer.step()
         scheduler.step(loss)
-        if scheduler.steps % FREQ == 0:
+        if scheduler.last_epoch % FREQ == 0:
             blocks.append((scheduler.lr, scheduler.val_loss))
     return model, scheduler, blocks
 
@@ -81,20 +82,75 @@ def test_scheduler_state_dict_resumes_exactly(splits):
     fresh_optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     resumed = ALRSScheduler(fresh_optimizer, model, controller, (to_float(splits.val_x), splits.val_y))
     resumed.load_state_dict(saved)
-    assert resumed.get_last_lr() == [blocks[-1][0]] and resumed.steps == STEPS
+    assert resumed.get_last_lr() == [blocks[-1][0]] and resumed.last_epoch == STEPS
     assert torch.equal(resumed.prev_logits, scheduler.prev_logits)
 
 
-def test_scheduler_accepts_a_dataloader_and_sets_every_group(splits):
+def test_scheduler_accepts_a_dataloader_and_keeps_the_ratio_of_the_groups(splits):
     model = build_model("mlp", 1, (28, 28))
     optimizer = torch.optim.Adam([{"params": model.layers[:2].parameters()},
-                                  {"params": model.layers[2:].parameters(), "lr": 0.05}], lr=1e-3)
+                                  {"params": model.layers[2:].parameters(), "lr": 1e-2}], lr=1e-4)
     val = DataLoader(TensorDataset(to_float(splits.val_x), splits.val_y), batch_size=25)
     scheduler = ALRSScheduler(optimizer, model, str(PRETRAINED), val)
-    tensors = ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-3), model, str(PRETRAINED),
+    tensors = ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-4), model, str(PRETRAINED),
                             (to_float(splits.val_x), splits.val_y))
     assert scheduler.val_loss == pytest.approx(tensors.val_loss, rel=1e-6)
-    assert scheduler.get_last_lr() == [tensors.lr, tensors.lr] and tensors.lr != 1e-3
+    assert tensors.lr != 1e-4 and scheduler.get_last_lr() == [tensors.lr, pytest.approx(100 * tensors.lr)]
+    assert scheduler.base_lrs == [1e-4, 1e-2]
+    state = scheduler.state_dict()
+    resumed = ALRSScheduler(torch.optim.Adam([{"params": model.layers[:2].parameters()},
+                                              {"params": model.layers[2:].parameters()}], lr=0.05), model,
+                            str(PRETRAINED), val)
+    resumed.load_state_dict(state)
+    assert resumed.get_last_lr() == scheduler.get_last_lr()
+
+
+def test_scheduler_is_a_torch_scheduler_and_steps_without_a_loss(splits):
+    """step() with no loss: the block's training-loss feature is the validation loss at its end."""
+    controller = load_scheduler_controller(PRETRAINED)
+    observed = []
+    next_lr = controller.next_lr
+    controller.next_lr = lambda obs, lr, step: observed.append(obs) or next_lr(obs, lr, step)
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = ALRSScheduler(optimizer, model, controller, (to_float(splits.val_x), splits.val_y))
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+    assert scheduler.last_epoch == 0 and scheduler.base_lrs == [1e-3]
+    images, labels = to_float(splits.train_x[:BATCH]), splits.train_y[:BATCH]
+    for _ in range(FREQ):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.last_epoch == FREQ and len(observed) == 2
+    assert observed[1][0] == observed[1][1] == np.float32(scheduler.val_loss)
+
+
+def test_scheduler_errors_name_the_argument(splits):
+    val = (to_float(splits.val_x), splits.val_y)
+    no_linear = torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten())
+    adam = lambda model: torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="model has no nn.Linear.*output_layer"):
+        ALRSScheduler(adam(no_linear), no_linear, PRETRAINED, val)
+    ALRSScheduler(adam(no_linear), no_linear, PRETRAINED, val, output_layer="0")  # a named layer works
+    model = build_model("mlp", 1, (28, 28))
+    with pytest.raises(ValueError, match="output_layer 'head'"):
+        ALRSScheduler(adam(model), model, PRETRAINED, val, output_layer="head")
+    for empty in ((val[0][:0], val[1][:0]), DataLoader(TensorDataset(val[0][:0], val[1][:0]), batch_size=4)):
+        with pytest.raises(ValueError, match="val_data holds no samples"):
+            ALRSScheduler(adam(model), model, PRETRAINED, empty)
+
+
+def test_from_pretrained_finds_the_shipped_controllers_from_any_folder(splits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = build_model("mlp", 1, (28, 28))
+    val = (to_float(splits.val_x), splits.val_y)
+    scheduler = ALRSScheduler.from_pretrained("fa-mnist_mlp_stable", torch.optim.Adam(model.parameters(), lr=1e-3),
+                                              model, val, update_freq=5)
+    by_path = ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-3), model, PRETRAINED, val)
+    assert scheduler.update_freq == 5 and scheduler.get_last_lr() == by_path.get_last_lr()
+    with pytest.raises(ValueError, match="no pretrained controller 'mnist'; available: fa-mnist_mlp_stable"):
+        ALRSScheduler.from_pretrained("mnist", torch.optim.Adam(model.parameters()), model, val)
 
 
 def test_scheduler_warns_for_other_optimizers_only(splits):
@@ -132,11 +188,13 @@ def test_pretrained_controller_is_the_study_policy():
     assert state["trained_args"]["reward"] == "log-improvement" and state["timesteps"] == 40000
 
 
-def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, tmp_path, capsys):
+def test_own_loop_example_trains_with_the_pretrained_controller_offline(tmp_path, capsys):
+    """On the .gz files torchvision downloads (as in ../shared/data), an image folder, or no data."""
     spec = importlib.util.spec_from_file_location("own_loop", ROOT / "examples" / "own_loop.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    common = ["--data-dir", str(mnist_dir), "--val-size", "100", "--steps", "20", "--batch-size", "16",
+    data = write_mnist(tmp_path / "data", "FashionMNIST", compress=True)
+    common = ["--data-dir", str(data), "--val-size", "100", "--steps", "20", "--batch-size", "16",
               "--log-every", "10"]
     images = write_image_folder(tmp_path / "images", size=28, mode="L", num_classes=3, per_class=(60, 4))
     folder = ["--image-folder", str(images), "--val-size", "30"]
@@ -145,3 +203,6 @@ def test_own_loop_example_trains_with_the_pretrained_controller(mnist_dir, tmp_p
         lines = capsys.readouterr().out.splitlines()
         rates = [float(re.search(r"lr (\S+)", line).group(1)) for line in lines]
         assert len(lines) == 2 and all(r != 1e-3 for r in rates) == changed, lines
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(example.main, ["--data-dir", str(tmp_path / "nothing")], prog="own_loop.py")
+    assert exit_info.value.code == 2 and "fa-mnist not found" in capsys.readouterr().err

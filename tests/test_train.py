@@ -8,6 +8,7 @@ from environment import EnvConfig, VecALRSEnv
 from ppo import ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer, ppo_update
 from train import RecentFinals, collect_rollout
 from data import load_splits
+from plots import plot_training
 
 
 def test_diverged_child_ends_its_episode_and_nothing_non_finite_enters_the_controller(mnist_dir):
@@ -59,3 +60,19 @@ def test_best_checkpoint_score_averages_a_window_per_task_and_rate():
     recent.add("easy", 1e-3, 0.4)
     assert recent.losses == [[0.4], [2.0]]
     assert recent.score() == pytest.approx((0.4 + 2.0) / 2)
+
+
+@pytest.mark.parametrize("policy", [{"policy_mean": 0.1, "policy_std": 0.9, "action_below": 0.1, "action_inside": 0.8,
+                                     "action_above": 0.1},
+                                    {f"action_{i}_frequency": 1 / 3 for i in range(3)}])
+def test_every_panel_of_progress_png_with_several_lines_has_a_legend(tmp_path, monkeypatch, policy):
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure plot_training closes
+    episodes = [{"timesteps": t, "final_val_loss": 0.5, "initial_lr": 1e-3, "lr_geomean": 1e-3, "final_lr": 1e-3,
+                 "return": -1.0} for t in (8, 16)]
+    plot_training(episodes, [{"timesteps": t, **policy} for t in (8, 16)], tmp_path / "progress.png", "run")
+    (figure,) = figures
+    for ax in figure.axes:
+        if len(ax.lines) > 1:
+            assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == len(ax.lines), ax.get_ylabel()
