@@ -130,9 +130,9 @@ def batches(num_train, batch_size, seed):
 
 
 def make_alrs(optimizer, model, path, val_data, total_steps):
-    """The controller as a user builds it. ``total_steps``, the run's length, is for controllers that
-    observe the fraction of the run done: pass it (total_steps=total_steps) once ALRSScheduler takes it."""
-    return ALRSScheduler(optimizer, model, path, val_data, update_freq=UPDATE_FREQ)
+    """The controller as a user builds it; ``total_steps``, the run's length, is what a controller that
+    observes the fraction of the run done needs (cosine's T_max)."""
+    return ALRSScheduler(optimizer, model, path, val_data, update_freq=UPDATE_FREQ, total_steps=total_steps)
 
 
 def make_optimizer(method, model, total_steps):

@@ -117,8 +117,14 @@ class VecNormalizer:
             return np.asarray(obs, dtype=np.float32)
         if self.training:
             self.obs_rms.update(obs)
-        scaled = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + NORM_EPSILON)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        return np.clip(self.standardize(obs), -self.clip, self.clip).astype(np.float32)
+
+    def standardize(self, obs):
+        """Observations in units of the running standard deviation from the running mean, unclipped
+        (the raw observations when observations are not normalized)."""
+        if not self.norm_obs:
+            return np.asarray(obs, dtype=np.float64)
+        return (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + NORM_EPSILON)
 
     def reward(self, reward, done):
         if not self.norm_reward:

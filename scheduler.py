@@ -11,8 +11,8 @@
         optimizer.step()
         scheduler.step(loss)
 
-Every ``update_freq`` steps the scheduler runs a validation pass, builds the controller's 7 features
-with the environment's own ``observation_features``, normalizes them with the controller's frozen
+Every ``update_freq`` steps the scheduler runs a validation pass, builds the controller's features
+with the environment's own functions (the reference's 7, or the scale-free ones it was trained on), normalizes them with the controller's frozen
 statistics and scales the learning rate by the factor the controller chooses. The first rate is
 chosen when the scheduler is built (as the environment's first action is taken on the fresh child),
 so the loop above trains at exactly the rates, and to exactly the losses, of test.py's learned row
@@ -33,12 +33,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from children import EVAL_CHUNK
-from environment import LR_MAX, LR_MIN, observation_features
+from environment import FEATURES, LR_MAX, LR_MIN, observation_features, select_features
 from models import output_layer_name
-from ppo import load_controller, read_controller_checkpoint
+from ppo import controller_features, load_controller, read_controller_checkpoint
 from schedules import Controller
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+OUT_OF_RANGE_ACTIONS = 5  # actions in a row with a feature beyond the normalizer's clip before the scheduler warns
 
 
 class ALRSScheduler(LRScheduler):
@@ -59,10 +60,17 @@ class ALRSScheduler(LRScheduler):
     update_freq: training steps between actions (the controller's was 10).
     output_layer: the name of the output layer in ``model`` (default: the last nn.Linear).
     deterministic: act with the policy's mode (default), or sample actions from it (torch's global RNG).
+    total_steps: the training steps of the run, for a controller that observes the fraction done
+        (``--features relative-progress``; required for it, as cosine annealing needs ``T_max``).
+    max_lr: an upper bound on the first group's rate (default: 0.1, the top of the controller's range).
+
+    The scheduler warns once when a feature of its observations sits beyond the range the controller's
+    normalizer saw in training (past its clip) for several actions in a row: the model, data or
+    optimizer differ from what the controller was trained on, and its choices are extrapolations.
     """
 
     def __init__(self, optimizer, model, controller, val_data, update_freq=10, output_layer=None,
-                 deterministic=True):
+                 deterministic=True, total_steps=None, max_lr=LR_MAX):
         if update_freq <= 0:
             raise ValueError(f"update_freq must be positive, got {update_freq}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -78,9 +86,19 @@ class ALRSScheduler(LRScheduler):
         self.output_weight = output_weight(model, output_layer)
         self.controller = (controller if isinstance(controller, Controller)
                            else load_scheduler_controller(controller, deterministic))
+        if self.controller.features == "relative-progress" and not (total_steps or 0) > 0:
+            raise ValueError("total_steps: this controller observes the fraction of the run done; pass the "
+                             "run's number of training steps")
+        if not LR_MIN < max_lr <= LR_MAX:
+            raise ValueError(f"max_lr must be in ({LR_MIN:g}, {LR_MAX:g}], got {max_lr}")
+        self.total_steps, self.max_lr = total_steps, max_lr
         self.last_epoch = 0
-        self.lr = float(np.clip(self.base_lrs[0], LR_MIN, LR_MAX))  # the reference rate since the last action
+        self.lr = float(np.clip(self.base_lrs[0], LR_MIN, max_lr))  # the reference rate since the last action
+        self.initial_lr = self.lr
         self.loss_sum, self.loss_count, self.prev_logits, self.val_loss = None, 0, None, math.nan
+        self.first_val_loss = math.nan  # at the first observation
+        self.out_of_range = np.zeros(len(FEATURES[self.controller.features]), dtype=int)  # actions in a row
+        self.warned = False  # about observations out of the trained range (once)
         self._act(train_loss=None)
 
     @classmethod
@@ -112,12 +130,16 @@ class ALRSScheduler(LRScheduler):
     def state_dict(self):
         """Everything to continue exactly: counters, rates, the block's losses, the previous predictions."""
         return {"last_epoch": self.last_epoch, "base_lrs": self.base_lrs, "lr": self.lr, "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count, "prev_logits": self.prev_logits, "val_loss": self.val_loss}
+                "loss_count": self.loss_count, "prev_logits": self.prev_logits, "val_loss": self.val_loss,
+                "initial_lr": self.initial_lr, "first_val_loss": self.first_val_loss,
+                "out_of_range": self.out_of_range.tolist(), "warned": self.warned}
 
     def load_state_dict(self, state):
         self.last_epoch, self.base_lrs, self.lr = state["last_epoch"], list(state["base_lrs"]), state["lr"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.prev_logits, self.val_loss = state["prev_logits"], state["val_loss"]
+        self.initial_lr, self.first_val_loss = state["initial_lr"], state["first_val_loss"]
+        self.out_of_range, self.warned = np.array(state["out_of_range"], dtype=int), state["warned"]
         self._set_lr(self.lr)
 
     def _act(self, train_loss):
@@ -127,15 +149,29 @@ class ALRSScheduler(LRScheduler):
         if features is None:
             warnings.warn("the validation loss is not finite (the model diverged); the learning rate is kept")
             return
-        self.lr = float(np.clip(self.controller.next_lr(features, self.lr, self.last_epoch), LR_MIN, LR_MAX))
+        self._check_range(features)
+        self.lr = float(np.clip(self.controller.next_lr(features, self.lr, self.last_epoch), LR_MIN, self.max_lr))
         self._set_lr(self.lr)
 
+    def _check_range(self, features):
+        """Warn once when a feature has been beyond the normalizer's clip for OUT_OF_RANGE_ACTIONS actions
+        in a row, naming it: the controller never saw such values in training."""
+        beyond = np.abs(self.controller.normalizer.standardize(features[None])[0]) > self.controller.normalizer.clip
+        self.out_of_range = np.where(beyond, self.out_of_range + 1, 0)
+        if not self.warned and (self.out_of_range >= OUT_OF_RANGE_ACTIONS).any():
+            self.warned = True
+            names = [FEATURES[self.controller.features][i] for i in np.flatnonzero(self.out_of_range >= OUT_OF_RANGE_ACTIONS)]
+            warnings.warn(f"the controller's observation {', '.join(names)} has been outside the range it was "
+                          f"trained on for {OUT_OF_RANGE_ACTIONS} actions in a row: this model, data or optimizer "
+                          "differ from its training tasks, and its choices are untested here", stacklevel=3)
+
     def _observe(self, train_loss):
-        """The controller's raw observation (7,) of the model now, or None if its validation loss is not
-        finite. ``train_loss=None``: the validation loss stands in (as at the environment's reset)."""
+        """The controller's raw observation of the model now (the features it was trained with), or None
+        if its validation loss is not finite. ``train_loss=None``: the validation loss stands in (as at
+        the environment's reset)."""
         val_loss, logits = self._validate()
-        self.val_loss = float(val_loss)
-        if not math.isfinite(self.val_loss):
+        if not math.isfinite(float(val_loss)):
+            self.val_loss = float(val_loss)
             return None
         device = logits.device
         features = observation_features(
@@ -143,7 +179,13 @@ class ALRSScheduler(LRScheduler):
             None if self.prev_logits is None else self.prev_logits[None], self.output_weight.detach()[None],
             torch.tensor([self.lr], dtype=torch.float32, device=device))
         self.prev_logits = logits
-        return features[0].cpu().numpy()
+        previous_val_loss = self.val_loss if math.isfinite(self.first_val_loss) else float(val_loss)
+        if not math.isfinite(self.first_val_loss):
+            self.first_val_loss = float(val_loss)
+        self.val_loss = float(val_loss)
+        progress = self.last_epoch / self.total_steps if self.total_steps else 0.0
+        return select_features(self.controller.features, features.double().cpu().numpy(), [self.first_val_loss],
+                               [previous_val_loss], [self.initial_lr], math.log(logits.shape[1]), [progress])[0]
 
     def _set_lr(self, lr):
         """``lr`` on the first parameter group; every other group keeps its initial ratio to it."""
@@ -188,5 +230,6 @@ def output_weight(model, output_layer=None):
 
 def load_scheduler_controller(path, deterministic=True):
     """The ``Controller`` of a checkpoint file (its initial rate is the optimizer's, not stored)."""
-    agent, normalizer, action_range, action_param = load_controller(read_controller_checkpoint(path))
-    return Controller(agent, normalizer, action_range, action_param, None, deterministic)
+    state = read_controller_checkpoint(path)
+    agent, normalizer, action_range, action_param = load_controller(state)
+    return Controller(agent, normalizer, action_range, action_param, None, deterministic, controller_features(state))

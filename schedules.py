@@ -81,10 +81,12 @@ class Controller:
     """A trained (or untrained) PPO controller: its action on the frozen-normalized observation,
     the mode of its policy (``deterministic``) or a sample from it, applied to the current rate."""
 
-    def __init__(self, agent, normalizer, action_range, action_param, initial_lr, deterministic=True):
+    def __init__(self, agent, normalizer, action_range, action_param, initial_lr, deterministic=True,
+                 features="reference"):
         self.agent, self.normalizer = agent, normalizer
         self.action_range, self.action_param = action_range, action_param
         self.initial_lr, self.deterministic = initial_lr, deterministic
+        self.features = features  # the observation it expects (a key of environment.FEATURES)
 
     def next_lr(self, obs, lr, step):
         normalized = torch.as_tensor(self.normalizer.observation(np.asarray(obs)[None]))

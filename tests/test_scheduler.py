@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from children import BatchSampler, to_float
 from conftest import ROOT, write_image_folder, write_mnist
 from data import load_splits
-from environment import EnvConfig, VecALRSEnv, run_episode
+from environment import FEATURES, EnvConfig, VecALRSEnv, run_episode
+from ppo import ActorCritic, VecNormalizer
 from models import build_model
 from scheduler import ALRSScheduler, load_scheduler_controller
 from schedules import Controller
@@ -29,7 +30,8 @@ def splits(mnist_dir):
 
 def environment_run(splits, controller, initial_lr):
     """test.py's learned row: one environment, no noise, driven by the controller."""
-    config = EnvConfig(architecture="mlp", batch_size=BATCH, update_freq=FREQ, num_train_steps=STEPS, lr_noise=False)
+    config = EnvConfig(architecture="mlp", batch_size=BATCH, update_freq=FREQ, num_train_steps=STEPS, lr_noise=False,
+                       features=controller.features)
     envs = VecALRSEnv(config, splits, [SEED], "cpu", autoreset=False)
     controller.initial_lr = initial_lr
     return run_episode(envs, lambda obs, lr, step: np.array([controller.next_lr(obs[0], lr[0], step)]),
@@ -47,7 +49,7 @@ def plain_loop(splits, controller, initial_lr, steps=STEPS, scheduler_state=None
                         batch_sampler=[indices.tolist() for indices in order[:, 0]])
     optimizer = torch.optim.Adam(model.parameters(), lr=initial_lr)
     scheduler = ALRSScheduler(optimizer, model, controller, (to_float(splits.val_x.clone()), splits.val_y),
-                              update_freq=FREQ)
+                              update_freq=FREQ, total_steps=STEPS)
     blocks = [(scheduler.lr, scheduler.val_loss)]
     for images, labels in loader:
         loss = F.cross_entropy(model(images), labels)
@@ -72,6 +74,54 @@ def test_scheduler_reproduces_the_environment_exactly(splits, initial_lr):
     np.testing.assert_array_equal(rates[:-1], episode["lr"][0, 1:])
     assert len(set(rates)) > 2  # the controller changed the rate at every action
     assert scheduler.get_last_lr() == [rates[-1]]
+
+
+def relative_controller(features):
+    """An untrained controller of the scale-free observation whose action depends on it: an actor with a
+    large output layer, its normalizer frozen at zero mean and unit variance."""
+    torch.manual_seed(0)
+    agent = ActorCritic(len(FEATURES[features]))
+    with torch.no_grad():
+        agent.actor[-1].weight.mul_(300)
+    normalizer = VecNormalizer(len(FEATURES[features]), 1)
+    normalizer.training = False
+    return Controller(agent.eval(), normalizer, 1.05, "log", None, features=features)
+
+
+@pytest.mark.parametrize("features", ["relative", "relative-progress"])
+def test_scheduler_reproduces_the_environment_with_relative_features(splits, features):
+    controller = relative_controller(features)
+    episode = environment_run(splits, controller, 1e-3)
+    _, scheduler, blocks = plain_loop(splits, controller, 1e-3)
+    rates, losses = np.array(blocks).T
+    np.testing.assert_array_equal(losses, episode["val_loss"][0])
+    np.testing.assert_allclose(rates[:-1], episode["lr"][0, 1:], rtol=1e-6)
+    assert len(set(np.round(rates, 12))) > 2  # the observation moved the rate
+
+
+def test_a_progress_controller_needs_total_steps(splits):
+    model = build_model("mlp", 1, (28, 28))
+    with pytest.raises(ValueError, match="total_steps"):
+        ALRSScheduler(torch.optim.Adam(model.parameters()), model, relative_controller("relative-progress"),
+                      (to_float(splits.val_x), splits.val_y))
+
+
+def test_observations_out_of_the_trained_range_warn_once_naming_the_feature(splits):
+    controller = relative_controller("relative")
+    controller.normalizer.obs_rms.var[:] = 1e-6  # a controller that saw log lr at -6.9 +- 0.001 only
+    controller.normalizer.obs_rms.mean[:] = 0
+    controller.normalizer.obs_rms.mean[5] = np.log(1e-3)
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = ALRSScheduler(optimizer, model, controller, (to_float(splits.val_x), splits.val_y), update_freq=1,
+                              max_lr=2e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            scheduler.step(torch.tensor(1.0))
+    messages = [str(w.message) for w in caught if "outside the range" in str(w.message)]
+    assert len(messages) == 1 and "log_lr" in messages[0] and "5 actions in a row" in messages[0]
+    assert max(scheduler.get_last_lr()) <= 2e-2  # max_lr bounds the rate
 
 
 def test_scheduler_state_dict_resumes_exactly(splits):
