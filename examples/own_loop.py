@@ -56,8 +56,10 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = None
     if not args.constant:
-        scheduler = (ALRSScheduler(optimizer, model, args.controller, val_data) if args.controller.endswith(".pt")
-                     else ALRSScheduler.from_pretrained(args.controller, optimizer, model, val_data))
+        options = {"total_steps": args.steps}  # used by controllers that observe the fraction of the run done
+        scheduler = (ALRSScheduler(optimizer, model, args.controller, val_data, **options)
+                     if args.controller.endswith(".pt")
+                     else ALRSScheduler.from_pretrained(args.controller, optimizer, model, val_data, **options))
 
     step = 0
     while step < args.steps:
