@@ -148,7 +148,7 @@ def test_one_seed_shows_progress_in_child_steps_and_a_table_without_spread(train
     runs, run_id, common = trained
     result = run("test.py", *common, "--test-id", run_id, "--test-runs", "1", "--test-schedule", "latest",
                  "--test-deterministic", "0")  # a results folder no other test uses
-    assert re.search(r"test, 15 children per seed: 100%.* 12/12 ", result.stderr), result.stderr  # child steps
+    assert re.search(r"test: 100%.* 12/12 .*children=15, seed=1/1", result.stderr), result.stderr  # child steps
     table = result.stdout.split("lower loss is better")[1].split("\nsaved ")[0]
     assert "1 seed, no spread" in result.stdout and "+-" not in table and "paired differences of" not in table
     assert "no paired differences" in table and max(map(len, table.splitlines())) <= 120
