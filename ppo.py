@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-from distributed import average_gradients, merge_moments
 from utils import UserError, load_checkpoint
 
 HIDDEN = 32
@@ -76,18 +75,27 @@ class ActorCritic(nn.Module):
         return action, log_prob, self.value(obs)
 
 
-class RunningMeanStd:
-    """Running mean and variance over batches (Chan et al.'s parallel update), as in VecNormalize."""
+def local_moments(mean, var, count):
+    """A batch's moments as they are: one process's samples are all the samples."""
+    return mean, var, count
 
-    def __init__(self, shape=()):
+
+class RunningMeanStd:
+    """Running mean and variance over batches (Chan et al.'s parallel update), as in VecNormalize.
+
+    ``merge(mean, var, count)`` turns one process's batch moments into those of every process's
+    batches (train.py passes distributed.merge_moments under torchrun), so PPO knows no process group."""
+
+    def __init__(self, shape=(), merge=local_moments):
+        self.merge = merge
         self.mean = np.zeros(shape)
         self.var = np.ones(shape)
         self.count = 1e-4
 
     def update(self, batch):
-        """Add a batch (under torchrun: every rank's batch, so every rank holds the same statistics)."""
+        """Add a batch (with a merge over the ranks: every rank's batch, so every rank holds the same statistics)."""
         batch = np.asarray(batch, dtype=np.float64)
-        batch_mean, batch_var, batch_count = merge_moments(batch.mean(0), batch.var(0), batch.shape[0])
+        batch_mean, batch_var, batch_count = self.merge(batch.mean(0), batch.var(0), batch.shape[0])
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
@@ -106,8 +114,9 @@ class VecNormalizer:
     """VecNormalize: observations standardized by their running statistics, rewards divided by the
     running std of the discounted return; both clipped to +-clip. Frozen (``training=False``) at test."""
 
-    def __init__(self, obs_dim, num_envs, norm_obs=True, norm_reward=True, gamma=1.0, clip=DEFAULT_CLIP):
-        self.obs_rms, self.ret_rms = RunningMeanStd((obs_dim,)), RunningMeanStd(())
+    def __init__(self, obs_dim, num_envs, norm_obs=True, norm_reward=True, gamma=1.0, clip=DEFAULT_CLIP,
+                 merge=local_moments):
+        self.obs_rms, self.ret_rms = RunningMeanStd((obs_dim,), merge), RunningMeanStd((), merge)
         self.norm_obs, self.norm_reward, self.gamma, self.clip = norm_obs, norm_reward, gamma, clip
         self.returns = np.zeros(num_envs)
         self.training = True
@@ -265,12 +274,13 @@ def policy_statistics(agent, obs, actions, action_low=None, action_high=None):
             "action_below": below, "action_above": above, "action_inside": 1 - below - above}
 
 
-def gradient_step(agent, optimizer, loss, max_grad_norm):
-    """One optimizer step with the gradient norm clipped; under torchrun the gradients are first
-    averaged over the ranks (DD-PPO), so every rank's controller stays the same."""
+def gradient_step(agent, optimizer, loss, max_grad_norm, reduce_gradients=None):
+    """One optimizer step with the gradient norm clipped; ``reduce_gradients(parameters)`` first (under
+    torchrun, train.py's average over the ranks: DD-PPO), so every rank's controller stays the same."""
     optimizer.zero_grad()
     loss.backward()
-    average_gradients(agent.parameters())
+    if reduce_gradients is not None:
+        reduce_gradients(agent.parameters())
     nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
     optimizer.step()
 
@@ -281,8 +291,9 @@ def explained_variance(predicted, target):
     return float("nan") if var == 0 else (1 - (target - predicted).var() / var).item()
 
 
-def ppo_update(agent, optimizer, batch, config, generator=None):
-    """``num_epochs`` passes of shuffled minibatches over a rollout batch; mean statistics."""
+def ppo_update(agent, optimizer, batch, config, generator=None, reduce_gradients=None):
+    """``num_epochs`` passes of shuffled minibatches over a rollout batch; mean statistics.
+    ``reduce_gradients``: gradient_step's."""
     size = batch["obs"].shape[0]
     minibatch_size = size // config.num_minibatches
     history = []
@@ -291,7 +302,7 @@ def ppo_update(agent, optimizer, batch, config, generator=None):
         for start in range(0, size, minibatch_size):
             index = order[start:start + minibatch_size]
             loss, stats = ppo_loss(agent, {k: v[index] for k, v in batch.items()}, config)
-            gradient_step(agent, optimizer, loss, config.max_grad_norm)
+            gradient_step(agent, optimizer, loss, config.max_grad_norm, reduce_gradients)
             history.append(stats)
     means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
     means["explained_variance"] = explained_variance(batch["values"], batch["returns"])

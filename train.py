@@ -174,7 +174,7 @@ def train(args, device):
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
     clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
     normalizer = VecNormalizer(obs_dim, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
-                               args.ppo2_gamma, clip)
+                               args.ppo2_gamma, clip, merge=distributed.merge_moments)
     envs = NormalizedVecEnv(raw_envs, normalizer)
     config = PPOConfig(clip_range=args.ppo2_cliprange, ent_coef=args.ppo2_ent_coef,
                        num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
@@ -265,7 +265,8 @@ def train(args, device):
                 last_value = agent.value(torch.as_tensor(obs))
             batch = buffer.batch(last_value, done, args.ppo2_gamma)
             behaviour = policy_statistics(agent, batch["obs"], batch["actions"], *action_bounds)
-            stats = ppo_update(agent, optimizer, batch, config)  # rank 0's statistics
+            stats = ppo_update(agent, optimizer, batch, config,  # rank 0's statistics
+                               reduce_gradients=distributed.average_gradients)
             stats.update(behaviour, update=update, timesteps=timesteps, episodes=num_episodes,
                          mean_final_val_loss=mean_val, world_size=world,
                          steps_per_second=steps_per_update / (time.perf_counter() - started))

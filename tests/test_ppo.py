@@ -455,9 +455,9 @@ def test_ppo_update_runs_epochs_times_minibatches_steps_and_is_deterministic(mon
         batch = collect(agent, RolloutBuffer(8, 4, 7, ()), 8, 4, True, torch.Generator().manual_seed(0))
         calls = []
 
-        def step(agent, optimizer, loss, max_grad_norm):
+        def step(agent, optimizer, loss, max_grad_norm, reduce_gradients):
             calls.append(max_grad_norm)
-            gradient_step(agent, optimizer, loss, max_grad_norm)
+            gradient_step(agent, optimizer, loss, max_grad_norm, reduce_gradients)
 
         monkeypatch.setattr(ppo, "gradient_step", step)
         stats = ppo_update(agent, optimizer, batch, config, torch.Generator().manual_seed(0))
