@@ -94,7 +94,8 @@ def plot_training(episodes, updates, path, title, window=16):
         ax.plot(at, running_mean(final, window), color=dots.get_color(),
                 label=f"running mean of {window}" if len(tasks) == 1 else task)
     ax.set(yscale="log", ylabel="final validation loss (lower is better)")
-    ax.legend(fontsize=8 if len(tasks) > 1 else None)
+    if episodes:
+        ax.legend(fontsize=8 if len(tasks) > 1 else None)
     ax = axes[0, 1]
     for key, label in (("initial_lr", "initial"), ("lr_geomean", "geometric mean"), ("final_lr", "final")):
         ax.plot(steps, [e.get(key, np.nan) for e in episodes], ".", alpha=0.5, label=label)

@@ -205,7 +205,7 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
     out = run("train.py", *common, "--ppo2-update-freq", "3", "--ppo2-total-timesteps", "6",
               "--ppo2-nminibatches", "2").stdout
     assert experiment_id(out).startswith("shapes_mlp_continuous_")
-    assert f"loading images from {folder} ..." in out and "from data" not in out
+    assert f"(images from {folder}) ..." in out and "from data" not in out
 
 
 @pytest.mark.parametrize("script, argv, message", [
@@ -451,9 +451,9 @@ def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
     flags.parse_args("test", ["--test-id", run_id])  # a plain name test.py and --resume accept
 
 
-@pytest.mark.parametrize("timesteps, checkpoint", [(64, "best"), (16, "latest")])  # 16: too short for best.pt
-def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps, checkpoint):
-    """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag."""
+def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps=64, checkpoint="best"):
+    """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag (a run
+    too short for best.pt: test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_...)."""
     runs = tmp_path / "my runs"
     out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp",
               "--ppo2-total-timesteps", timesteps).stdout
@@ -563,7 +563,7 @@ def test_download_failure_is_a_one_line_error_before_any_experiment(tmp_path, mo
     result = run("train.py", "--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs", *TINY, "--download",
                  check=False)
     assert_one_line_error(result, "could not download fa-mnist", "copy ../shared/data/FashionMNIST")
-    assert not list((tmp_path / "runs").iterdir())
+    assert sorted(tmp_path.iterdir()) == []  # neither data/FashionMNIST/raw nor runs/ left behind
 
 
 def test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_with_the_replay(mnist_dir, tmp_path):
@@ -582,7 +582,8 @@ def test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_with_t
     commands = [shlex.split(line.strip()) for line in out.splitlines() if line.strip().startswith("python ")]
     assert [c[1] for c in commands] == ["baselines.py", "test.py"] * 2
     run("baselines.py", *commands[2][2:], *TINY_GRID)
-    run("test.py", *commands[3][2:], "--test-runs", "3", "--test-schedule", "latest")
+    assert commands[3][-2:] == ["--test-schedule", "latest"]  # too short for best.pt: the hint says latest
+    run("test.py", *commands[3][2:], "--test-runs", "3")
     result = json.loads((tmp_path / run_id / "test" / "fa-mnist_mlp_classes5_label_noise0.2_latest_deterministic"
                          / "results.json").read_text())
     assert not result["transfer"] and result["tested_on"] == "fa-mnist/mlp_classes5_label_noise0.2"
@@ -603,6 +604,3 @@ def test_bad_tasks_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         flags.parse_args("train", argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
-
-
-    assert sorted(tmp_path.iterdir()) == []  # neither data/FashionMNIST/raw nor runs/ left behind
