@@ -9,7 +9,7 @@
 # Fashion-MNIST with 50% label noise, a 2000-step horizon and batch 32. A stopped arm continues where
 # it stopped when trained again (train.py --resume).
 # Environment: DATA_DIR (default data), RUNS_DIR (default runs/generalist), JOBS (default 2),
-# DEVICE (default cpu), TIMESTEPS (default 36000). Each process uses one thread.
+# DEVICE (default cpu), TIMESTEPS (default 30000). Each process uses one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS_DIR:-runs/generalist}
@@ -29,30 +29,11 @@ declare -A ARMS=(
   [R]="--features reference"           # the reference's observations, the task mix
 )
 
-run_id() {  # the experiment folder of an arm, if it was started
-  { ls -d "$RUNS"/*_"arm-$1" 2>/dev/null || true; } | head -n1 | xargs -r basename
-}
+# shellcheck source=experiments/arms.sh
+source experiments/arms.sh
 
-train_arm() {
-  local id; id=$(run_id "$1")
-  mkdir -p "$RUNS/logs"
-  if [[ -n $id ]]; then
-    python train.py "${COMMON[@]}" --resume "$id"
-  else
-    # shellcheck disable=SC2086
-    python train.py "${COMMON[@]}" "${MIX[@]}" --num-envs 6 --initial-lr 0 --preset stable \
-      --ppo2-total-timesteps "${TIMESTEPS:-36000}" ${ARMS[$1]} --tb-suffix "arm-$1"
-  fi > "$RUNS/logs/train-$1.log" 2>&1
-  echo "arm $1 trained: $(run_id "$1")"
-}
-
-in_parallel() {  # run "$1 ARM" for each remaining argument, JOBS at a time
-  local job=$1; shift
-  for arm in "$@"; do
-    "$job" "$arm" &
-    while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
-  done
-  wait
+new_run_flags() {
+  echo "${MIX[@]}" --num-envs 6 --initial-lr 0 --preset stable --ppo2-total-timesteps "${TIMESTEPS:-30000}" ${ARMS[$1]}
 }
 
 command=${1:-}; shift || true

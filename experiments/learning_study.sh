@@ -29,20 +29,11 @@ declare -A ARMS=(
   [e]="--discrete 1 $TRUST --reward log-improvement"            # discrete actions, d's settings
 )
 
-run_id() {  # the experiment folder of an arm, if it was started
-  { ls -d "$RUNS"/*_"arm-$1" 2>/dev/null || true; } | head -n1 | xargs -r basename
-}
+# shellcheck source=experiments/arms.sh
+source experiments/arms.sh
 
-train_arm() {
-  local id; id=$(run_id "$1")
-  mkdir -p "$RUNS/logs"
-  if [[ -n $id ]]; then
-    python train.py "${COMMON[@]}" --resume "$id"
-  else
-    # shellcheck disable=SC2086
-    python train.py "${COMMON[@]}" --initial-lr 0 --ppo2-total-timesteps 40000 ${ARMS[$1]} --tb-suffix "arm-$1"
-  fi > "$RUNS/logs/train-$1.log" 2>&1
-  echo "arm $1 trained: $(run_id "$1")"
+new_run_flags() {
+  echo --initial-lr 0 --ppo2-total-timesteps 40000 ${ARMS[$1]}
 }
 
 test_arm() {
@@ -52,15 +43,6 @@ test_arm() {
       > "$RUNS/logs/test-$1-$CHECKPOINT-det$mode.log" 2>&1
   done
   echo "arm $1 tested: $id"
-}
-
-in_parallel() {  # run "$1 ARM" for each remaining argument, JOBS at a time
-  local job=$1; shift
-  for arm in "$@"; do
-    "$job" "$arm" &
-    while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
-  done
-  wait
 }
 
 command=${1:-}; shift || true
