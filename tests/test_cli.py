@@ -452,7 +452,8 @@ def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
 
 
 def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps=64, checkpoint="best"):
-    """train.py's hints, pasted: the baseline sweep of the setting, then the test with no other flag (a run
+    """train.py's hints, pasted: the baseline sweep of the setting (a small grid), then the test with no
+    other flag (a run
     too short for best.pt: test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_...)."""
     runs = tmp_path / "my runs"
     out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", runs, *TINY, *TINY_PPO, "--architecture", "mlp",
@@ -461,7 +462,7 @@ def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps=64, checkp
     assert [shlex.split(c)[1] for c in commands] == ["baselines.py", "test.py"]
     for command in commands:
         _, script, *args = shlex.split(command)
-        run(script, *args, "--test-runs", "1") if script == "test.py" else run(script, *args)
+        run(script, *args, "--test-runs", "1") if script == "test.py" else run(script, *args, *TINY_GRID)
     result = json.loads(next(runs.glob(f"*/test/fa-mnist_mlp_{checkpoint}_deterministic/results.json")).read_text())
     assert result["args"]["num_train_steps"] == 12 and result["args"]["data_dir"] == str(mnist_dir)
 
@@ -583,13 +584,13 @@ def test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_with_t
     assert [c[1] for c in commands] == ["baselines.py", "test.py"] * 2
     run("baselines.py", *commands[2][2:], *TINY_GRID)
     assert commands[3][-2:] == ["--test-schedule", "latest"]  # too short for best.pt: the hint says latest
-    run("test.py", *commands[3][2:], "--test-runs", "3")
+    run("test.py", *commands[3][2:], "--test-runs", "2")
     result = json.loads((tmp_path / run_id / "test" / "fa-mnist_mlp_classes5_label_noise0.2_latest_deterministic"
                          / "results.json").read_text())
     assert not result["transfer"] and result["tested_on"] == "fa-mnist/mlp_classes5_label_noise0.2"
     replay = result["rows"]["replay@0.001"]
     assert replay["config"] == {"kind": "replay", "of": "learned@0.001", "initial_lr": 0.001}
-    assert len(result["runs"]["replay@0.001"]["final_val_loss"]) == 3
+    assert len(result["runs"]["replay@0.001"]["final_val_loss"]) == 2
     assert "learned@0.001 - replay@0.001" in result["paired_differences"]
 
 
