@@ -156,6 +156,7 @@ def test_one_seed_shows_progress_in_child_steps_and_a_table_without_spread(train
     assert len(marked) == len(set(marked)) <= 3, marked  # at most one row per kind marked best overall
 
 
+@pytest.mark.slow
 def test_untrained_row_is_the_initial_policy_and_sampling_is_seeded(trained):
     """Tested as the checkpoint itself, the initial policy gives exactly the untrained rows; sampled
     actions give other numbers than the mode, the same ones on a rerun."""
@@ -187,6 +188,7 @@ def test_transfer_to_another_dataset_and_child_is_flagged(trained, mnist_dir):
                       .read_text())["transfer"]
 
 
+@pytest.mark.slow
 def test_cifar10_resnet_discrete_trains_a_controller(mnist_dir, tmp_path):
     out = run("train.py", "--dataset", "cifar10", "--architecture", "resnet", "--discrete", "1",
               "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--ppo2-update-freq", "3",
@@ -314,6 +316,7 @@ def compare_updates(a, b):
     assert drop(jsonl(a)) == drop(jsonl(b))
 
 
+@pytest.mark.slow
 def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_dir, tmp_path):
     common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--seed", "3", "--architecture", "mlp"]
     reference = tmp_path / experiment_id(run("train.py", *common, "--tb-suffix", "reference").stdout)
@@ -347,6 +350,7 @@ def test_resume_without_latest_pt_refuses_and_keeps_the_records(mnist_dir, tmp_p
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and kill or a job scheduler
+@pytest.mark.slow
 def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path, stop):
     process = start("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
                     "--ppo2-total-timesteps", "800")
@@ -368,6 +372,7 @@ def test_ctrl_c_in_baselines_says_how_to_continue(mnist_dir, tmp_path):
     assert re.search(r"stopped: \d+ finished runs are saved in .*; the same command again continues", err), err
 
 
+@pytest.mark.slow
 def test_baselines_resume_skips_finished_runs(mnist_dir, tmp_path):
     common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--num-envs", "1",
               "--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "6", "--discount-factors", "0.5"]
@@ -451,6 +456,7 @@ def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
     flags.parse_args("test", ["--test-id", run_id])  # a plain name test.py and --resume accept
 
 
+@pytest.mark.slow
 def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps=64, checkpoint="best"):
     """train.py's hints, pasted: the baseline sweep of the setting (a small grid), then the test with no
     other flag (a run
@@ -567,6 +573,7 @@ def test_download_failure_is_a_one_line_error_before_any_experiment(tmp_path, mo
     assert sorted(tmp_path.iterdir()) == []  # neither data/FashionMNIST/raw nor runs/ left behind
 
 
+@pytest.mark.slow
 def test_a_task_mix_trains_one_controller_and_its_hints_test_it_on_a_task_with_the_replay(mnist_dir, tmp_path):
     common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--architecture", "mlp"]
     out = run("train.py", *common, *TINY_PPO, "--ppo2-total-timesteps", "16", "--features", "relative-progress",

@@ -172,6 +172,7 @@ def run(*args):
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_resumes_and_adds_a_controller(mnist_dir, tmp_path):
     out = tmp_path / "compare"
     common = ["--data-dir", mnist_dir, "--out", out, "--seeds", 2, "--task", TINY_TASK, "--device", "cpu"]

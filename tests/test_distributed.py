@@ -113,6 +113,7 @@ def jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_training_writes_one_experiment_and_resumes_after_a_kill(mnist_dir, tmp_path):
     common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--ppo2-total-timesteps", "64"]
     out = torchrun("train.py", *common, "--tb-suffix", "reference").stdout
@@ -146,6 +147,7 @@ def test_torchrun_training_writes_one_experiment_and_resumes_after_a_kill(mnist_
     assert jsonl(killed / "episodes.jsonl") == jsonl(reference / "episodes.jsonl")
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_whole_job(mnist_dir, tmp_path):
     job = torchrun("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
                    "--ppo2-total-timesteps", "100000", wait=False)
@@ -160,6 +162,7 @@ def test_a_killed_rank_stops_the_whole_job(mnist_dir, tmp_path):
     assert job.returncode != 0 and "FAILED" in err
 
 
+@pytest.mark.slow
 def test_two_process_baselines_and_test_equal_one_process(mnist_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run("train.py", "--data-dir", mnist_dir, "--runs-dir", one, *TINY, *TINY_PPO, "--ppo2-total-timesteps", "16",

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import shlex
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -12,6 +13,7 @@ gpu_check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_check)
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_step_and_keeps_its_figures(mnist_dir, tmp_path, capsys):
     out = tmp_path / "check"
     gpu_check.main(["--smoke", "--data-dir", str(mnist_dir), "--out", str(out)])
