@@ -403,10 +403,15 @@ class TaskMixVecEnv:
         return np.concatenate([env.lr for env in self.envs])
 
     def reset(self, seed=None, options=None):
-        """Reset every task's environments; an int ``seed`` gives environment i the seed ``seed + i``."""
-        seeds = [None if seed is None else seed + start if np.isscalar(seed) else seed[start:end]
-                 for start, end in zip(self.bounds[:-1], self.bounds[1:])]
-        return self._join([env.reset(seed=s, options=options) for env, s in zip(self.envs, seeds)])
+        """Reset every task's environments; an int ``seed`` gives environment i the seed ``seed + i``, a
+        list one seed per environment, as do ``options={"initial_lr": [...]}``'s rates."""
+        rates = (options or {}).get("initial_lr")
+        results = []
+        for env, start, end in zip(self.envs, self.bounds[:-1], self.bounds[1:]):
+            env_seed = None if seed is None else seed + start if np.isscalar(seed) else seed[start:end]
+            env_options = None if rates is None else {"initial_lr": rates[start:end]}
+            results.append(env.reset(seed=env_seed, options=env_options))
+        return self._join(results)
 
     def step(self, actions):
         return self._join([env.step(part) for env, part in zip(self.envs, self._split(np.asarray(actions)))])

@@ -130,6 +130,15 @@ def test_a_task_mix_steps_each_task_in_its_own_environments(splits):
     np.testing.assert_allclose(mix.lr, [1e-3 * 1.05 ** 2, 1e-3, 1e-3])  # the ended episode restarted at 1e-3
 
 
+def test_a_task_mix_resets_each_environment_with_its_own_seed_and_rate(splits):
+    mix = TaskMixVecEnv([VecALRSEnv(CONFIG, splits, [0, 0], "cpu"), VecALRSEnv(CONFIG, splits, [0], "cpu")], "ab")
+    single = VecALRSEnv(CONFIG, splits, [0, 0, 0], "cpu")
+    obs, _ = mix.reset(seed=[4, 5, 6], options={"initial_lr": [1e-2, 1e-3, 1e-4]})
+    expected, _ = single.reset(seed=[4, 5, 6], options={"initial_lr": [1e-2, 1e-3, 1e-4]})
+    np.testing.assert_array_equal(obs, expected)
+    np.testing.assert_allclose(mix.lr, [1e-2, 1e-3, 1e-4])
+
+
 def test_a_task_mix_state_dict_continues_identically(splits):
     def build():
         return TaskMixVecEnv([VecALRSEnv(CONFIG, splits, [0], "cpu"), VecALRSEnv(CONFIG, splits, [5], "cpu")], "ab")
