@@ -34,6 +34,8 @@ from plots import _pyplot
 from ppo import read_controller_checkpoint
 from scheduler import ALRSScheduler
 from schedules import replay_schedules
+import stats
+from stats import summarize, verdict
 from tasks import Task, load_task_splits, parse_task
 from utils import (UserError, append_jsonl, atomic_write, drop_torn_last_line, json_floats, read_jsonl,
                    resolve_device, run_cli, save_json)
@@ -234,28 +236,10 @@ def replay_schedule(alrs_runs, seed, initial_lr):
 
 # ----------------------------------------------------------------------------- statistics (pure functions)
 
-def summarize(values):
-    """Mean and standard error of the finite values, and how many there are; NaN (diverged) counted apart."""
-    values = np.asarray(list(values), dtype=float)
-    finite = values[np.isfinite(values)]
-    n = len(finite)
-    return {"mean": float(finite.mean()) if n else None,
-            "sem": float(finite.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
-            "runs": n, "diverged": int(len(values) - n)}
-
-
 def paired_difference(a, b):
-    """Mean and standard error of a - b over the seeds both ({seed: value}) finished; None under 2 seeds."""
-    diff = np.array([a[s] - b[s] for s in a if s in b], dtype=float)
-    diff = diff[np.isfinite(diff)]
-    if len(diff) < 2:
-        return None
-    return {"mean": float(diff.mean()), "sem": float(diff.std(ddof=1) / math.sqrt(len(diff))), "runs": len(diff)}
-
-
-def verdict(diff):
-    """better or worse by more than two standard errors (a negative difference: the first is better)."""
-    return "better" if diff["mean"] < -2 * diff["sem"] else "worse" if diff["mean"] > 2 * diff["sem"] else "within 2 SE"
+    """stats.paired_difference of two methods' {seed: value} over the seeds both ran."""
+    common = [s for s in a if s in b]
+    return stats.paired_difference([a[s] for s in common], [b[s] for s in common])
 
 
 def losses(runs):

@@ -14,7 +14,6 @@ differences; writes results.json and schedules*.png under
 runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode>/.
 """
 import argparse
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from plots import plot_schedules
 from ppo import ActorCritic, controller_features, load_controller, read_controller_checkpoint
 from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
 from schedules import BASELINE_KINDS, Controller, baseline_schedule, replay_schedules, run_synced
+from stats import paired_difference, summarize, verdict
 from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
 TEST_SEED_OFFSET = 10 ** 6  # test children never share a seed with training children
@@ -134,17 +134,6 @@ def settings(args, argv, trained):
     return args
 
 
-def summarize(values):
-    """Mean, sample std and standard error of the finite values (std and standard error None for fewer
-    than two); diverged runs are counted apart."""
-    values = np.asarray(values, dtype=float)
-    finite = values[np.isfinite(values)]
-    n = len(finite)
-    std = float(finite.std(ddof=1)) if n > 1 else None
-    return {"mean": float(finite.mean()) if n else None, "std": std,
-            "sem": std / math.sqrt(n) if std is not None else None, "runs": n, "diverged": int(len(values) - n)}
-
-
 def cell(stats):
     """A table cell: mean +- sample std, the mean alone for one seed, or 'diverged'."""
     if stats["mean"] is None:
@@ -154,15 +143,6 @@ def cell(stats):
     else:
         text = f"{stats['mean']:.4f} +- {stats['std']:.4f}"
     return f"{text:>{CELL}}"
-
-
-def paired_difference(a, b):
-    """Mean and standard error of a - b over the seeds where both finished (synced seeds)."""
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    diff = diff[np.isfinite(diff)]
-    if len(diff) < 2:
-        return None
-    return {"mean": float(diff.mean()), "sem": float(diff.std(ddof=1) / math.sqrt(len(diff))), "runs": len(diff)}
 
 
 def main(argv=None):
@@ -303,9 +283,7 @@ def report(args, rows, seeds, runs, out, trained, trained_on, tested_on, transfe
         print("\npaired differences of final validation loss over the same seeds (negative: learned is better)")
     for name, diff in comparisons.items():
         if diff is not None:
-            verdict = ("better" if diff["mean"] < -2 * diff["sem"] else
-                       "worse" if diff["mean"] > 2 * diff["sem"] else "within 2 standard errors")
-            print(f"  {name:<40} {diff['mean']:+.4f} +- {diff['sem']:.4f}  ({verdict})")
+            print(f"  {name:<40} {diff['mean']:+.4f} +- {diff['sem']:.4f}  ({verdict(diff)})")
     save_json(out / "results.json", {
         "test_id": args.test_id, "checkpoint": args.test_schedule,
         "mode": "deterministic" if args.test_deterministic else "sampled",

@@ -39,7 +39,8 @@ def task_runs(losses):
 
 
 def test_summarize_and_paired_difference():
-    assert compare.summarize([1.0, 2.0, math.nan, 3.0]) == {"mean": 2.0, "sem": pytest.approx(1 / math.sqrt(3)),
+    assert compare.summarize([1.0, 2.0, math.nan, 3.0]) == {"mean": 2.0, "std": pytest.approx(1.0),
+                                                           "sem": pytest.approx(1 / math.sqrt(3)),
                                                            "runs": 3, "diverged": 1}
     a, b = {0: 1.0, 1: 2.0, 2: 3.0, 3: math.nan}, {0: 0.5, 1: 1.5, 2: 2.9, 4: 1.0}
     diff = compare.paired_difference(a, b)  # seeds 0-2: differences 0.5, 0.5, 0.1
