@@ -61,6 +61,7 @@ class EnvConfig:
     precision: str = "fp32"  # "bf16": autocast of the children's forward passes (opt-in, faster on GPUs)
     compile: bool = False  # torch.compile the module children (CUDA graphs on a GPU; opt-in)
     features: str = "reference"  # what the controller observes: a key of FEATURES ("relative*" are departures)
+    hidden_lr_scale: float = 1.0  # > 1: the child's rate is the chosen one times an unobserved factor (a departure)
 
     @classmethod
     def from_args(cls, args, **overrides):
@@ -181,6 +182,7 @@ class VecALRSEnv:
         self.episode_return = np.zeros(self.num_envs)
         self.lr_range = np.zeros((self.num_envs, 2))
         self.initial_lr = np.zeros(self.num_envs)
+        self.lr_scale = np.ones(self.num_envs)  # the episode's hidden factor (hidden_lr_scale)
         self.log_lr_sum = np.zeros(self.num_envs)  # over the blocks trained so far: their geometric mean
 
     def _seed(self, seeds):
@@ -284,6 +286,7 @@ class VecALRSEnv:
                 "first_val_loss": torch.as_tensor(self.first_val_loss), "prev_logits": self.prev_logits,
                 "episode_return": torch.as_tensor(self.episode_return), "lr_range": torch.as_tensor(self.lr_range),
                 "initial_lr": torch.as_tensor(self.initial_lr), "log_lr_sum": torch.as_tensor(self.log_lr_sum),
+                "lr_scale": torch.as_tensor(self.lr_scale),
                 "seeds": self.seeds, "env_generators": [g.get_state() for g in self.env_generators],
                 "data_generators": [g.get_state() for g in self.data_generators], "orders": self.sampler.orders}
 
@@ -292,8 +295,9 @@ class VecALRSEnv:
         self.children.load_state_dict(state["children"])
         if "reference" not in state:  # saved before the feature sets: the observation was the reference's
             state = state | {"reference": state["obs"], "first_val_loss": state["obs"][:, 1]}
+        state = {"lr_scale": torch.ones(self.num_envs, dtype=torch.float64)} | state  # saved before the hidden scale
         for name in ("lr", "step_count", "finished", "obs", "reference", "first_val_loss", "episode_return",
-                     "lr_range", "initial_lr", "log_lr_sum"):
+                     "lr_range", "initial_lr", "log_lr_sum", "lr_scale"):
             setattr(self, name, state[name].numpy().copy())
         self.prev_logits.copy_(state["prev_logits"])
         for generators, states in ((self.env_generators, state["env_generators"]),
@@ -319,16 +323,27 @@ class VecALRSEnv:
             if self.config.lr_noise:
                 lr += lr / 10 * torch.randn(1, generator=generator).item()
             self.lr[i] = self.initial_lr[i] = np.clip(lr, LR_MIN, LR_MAX)
+            self.lr_scale[i] = self._draw_lr_scale(generator)
             self.step_count[i] = 0
             self.episode_return[i] = 0
             self.log_lr_sum[i] = 0
             self.lr_range[i] = (np.inf, -np.inf)  # over the rates of the blocks trained
         self._observe(mask)
 
+    def _draw_lr_scale(self, generator):
+        """The episode's hidden factor on the child's rate, log-uniform in [1/s, s] for s =
+        ``hidden_lr_scale`` (1, and no draw, by default). The controller observes the rate it chose, not
+        the product, so whether a rate is too high or too low shows only in how the losses respond."""
+        scale = self.config.hidden_lr_scale
+        if scale == 1:
+            return 1.0
+        return scale ** (2 * torch.rand(1, generator=generator).item() - 1)
+
     def _train_block(self, active):
         """``update_freq`` Adam steps for the active children; returns their mean training loss (E,)."""
         steps = to_device(self.sampler.block(self.config.update_freq, active), self.device)
-        return self.children.train_block(self.splits.train_x, self.splits.train_y, steps, self.lr, active)
+        child_lr = np.clip(self.lr * self.lr_scale, LR_MIN, LR_MAX)
+        return self.children.train_block(self.splits.train_x, self.splits.train_y, steps, child_lr, active)
 
     def _evaluate(self, x, y):
         logits = self.children.logits(x)
@@ -368,7 +383,7 @@ class VecALRSEnv:
             info.update(final_val_loss=float(self.reference[i, 1]) if not diverged else math.nan,
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
                         lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]),
-                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]),
+                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]), lr_scale=float(self.lr_scale[i]),
                         lr_geomean=float(np.exp(self.log_lr_sum[i] * self.config.update_freq / self.step_count[i])))
         return info
 

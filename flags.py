@@ -105,6 +105,9 @@ def add_controller_flags(p):
     g.add_argument("--features", default=DEFAULTS.features, choices=FEATURES,
                    help="observation: the reference's 7; or scale-free log-ratios (relative), with the fraction "
                         "of the episode done (relative-progress)")
+    g.add_argument("--hidden-lr-scale", type=finite_float, default=DEFAULTS.hidden_lr_scale, metavar="S",
+                   help="a departure, for training: each episode the child trains at the chosen rate times a factor "
+                        "drawn log-uniformly from [1/S, S] that the controller does not see (1: off)")
     g.add_argument("--task", action="append", default=None, metavar="KEY=VALUE,...",
                    help="train on a mix of tasks, one --task each (keys: " + ", ".join(Task.__dataclass_fields__)
                         + "; keys left out take the flags' values); environments are shared out among them")
@@ -254,6 +257,8 @@ def check(parser, args):
         parser.error("argument --tensorboard: the tensorboard package is not installed (pip install tensorboard)")
     if has("action_range") and args.action_range <= 1:
         parser.error(f"argument --action-range: must be > 1, got {args.action_range}")
+    if has("hidden_lr_scale") and args.hidden_lr_scale < 1:
+        parser.error(f"argument --hidden-lr-scale: must be >= 1 (1: off), got {args.hidden_lr_scale}")
     if has("ppo2_lr"):
         if args.ppo2_lr <= 0:
             parser.error(f"argument --ppo2-lr: must be positive, got {args.ppo2_lr}")

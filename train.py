@@ -32,7 +32,7 @@ from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl,
 
 NUM_PERIODIC_CHECKPOINTS = 10
 TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
-EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean")
+EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean", "lr_scale")
 
 
 def resumed_args(args):

@@ -27,6 +27,8 @@ declare -A ARMS=(
   [A]="--features relative"            # scale-free observations, the task mix
   [B]="--features relative-progress"   # A, and the fraction of the episode done
   [R]="--features reference"           # the reference's observations, the task mix
+  [C]="--features relative --hidden-lr-scale 10"                     # A, the rate's effect hidden per episode
+  [D]="--features relative --hidden-lr-scale 10 --action-range 1.25"  # C, moves up to x1.25 per action
 )
 
 # shellcheck source=experiments/arms.sh

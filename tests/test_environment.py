@@ -257,6 +257,28 @@ def test_episode_length_rewards_and_final_info(splits):
     assert [infos[0][k] for k in ("lr_min", "lr_max", "lr_geomean")] == pytest.approx([1e-3] * 3, rel=1e-12)
 
 
+def test_hidden_lr_scale_trains_the_child_at_a_rate_the_controller_does_not_see(splits):
+    """With hidden_lr_scale, each episode's child trains at the chosen rate times its own drawn factor;
+    the observation and the infos show the chosen rate. The child's curve is that of a plain
+    environment started at the product."""
+    seeds, keep = (0, 1, 2), np.full(3, 2)
+    hidden = make_env(splits, seeds, hidden_lr_scale=10.0)
+    obs, _ = hidden.reset()
+    scale = hidden.lr_scale.copy()
+    assert ((0.1 <= scale) & (scale <= 10)).all() and len(set(scale)) == 3
+    assert (obs[:, 6] == np.float32(1e-3)).all()
+    plain = make_env(splits, seeds)
+    plain.reset(options={"initial_lr": list(1e-3 * scale)})
+    for _ in range(BLOCKS - 1):
+        obs, *_ = hidden.step(keep)
+        np.testing.assert_allclose(obs[:, 1], plain.step(keep)[0][:, 1], rtol=1e-6)
+        assert (obs[:, 6] == np.float32(1e-3)).all()
+    infos = hidden.step(keep)[-1]
+    assert [info["lr_scale"] for info in infos] == pytest.approx(scale) and infos[0]["final_lr"] == 1e-3
+    assert not np.array_equal(hidden.lr_scale, scale)  # a new factor for the next episode
+    assert (make_env(splits, seeds).lr_scale == 1).all()  # off by default
+
+
 def test_log_improvement_return_is_the_log_ratio_of_first_and_final_losses(splits):
     env = make_env(splits, [0, 1], reward="log-improvement", lr_noise=True)
     obs, _ = env.reset()
