@@ -18,10 +18,10 @@ from tqdm import tqdm
 import distributed
 import flags
 from tasks import load_task_splits, task_from_args
-from environment import EPISODE_METRICS as METRICS, EnvConfig
+from environment import EPISODE_METRICS as METRICS, EnvConfig, run_synced
 from plots import plot_schedules
 from runs import baseline_dir, best_of, check_writable
-from schedules import BASELINE_KINDS, baseline_schedule, run_synced
+from schedules import BASELINE_KINDS, baseline_schedule
 from utils import append_jsonl, drop_torn_last_line, json_floats, read_jsonl, resolve_device, run_cli, save_json
 
 

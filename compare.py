@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 import flags
 from children import EVAL_CHUNK, to_float
+from controller import read_controller_checkpoint
 from data import DATASETS
 from models import ARCHITECTURES, build_model
 from plots import _pyplot
-from ppo import read_controller_checkpoint
 from scheduler import ALRSScheduler
 from schedules import replay_schedules
 import stats

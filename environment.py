@@ -1,9 +1,11 @@
 """The learning-rate environment: every step trains a child network for ``update_freq`` steps.
 
 ``VecALRSEnv`` steps ``num_envs`` environments together (Gymnasium vector-env style, same-step
-auto-reset); a single environment is the case ``num_envs=1``. ``run_episode`` drives one episode
-of every environment with a given schedule (fixed, or a controller's). The children themselves, and
-the batches they train on, are children.py's.
+auto-reset); a single environment is the case ``num_envs=1``; ``TaskMixVecEnv`` composes one per
+task. ``run_episode`` drives one episode of every environment with a given schedule (fixed, or a
+controller's) and ``run_synced`` one child per schedule on the same seed: the two episode runners.
+What a controller observes and how its actions set the rate are controller.py's; the children,
+and the batches they train on, are children.py's.
 
 A diverged child is marked by ``info["diverged"]`` and NaN losses (None in JSON files).
 """
@@ -15,21 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from children import BatchSampler, make_children, to_device
+from controller import (FEATURES, RANDOM_INITIAL_LRS, REFERENCE_FEATURES, VAL_LOSS, action_bounds, apply_action,
+                        clip_lr, observation_features, select_features)
 from models import build_model
 
-LR_MIN, LR_MAX = 1e-5, 1e-1
-RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
-ACTION_NOISE_STD = 1e-5
+ACTION_NOISE_STD = 1e-5  # std of the Gaussian noise on the rate after each action (the reference's)
+INITIAL_LR_NOISE = 0.1  # std of the initial rate's Gaussian noise, as a fraction of it (the reference's lr/10)
 EPISODE_METRICS = ("final_val_loss", "best_val_loss", "test_loss", "test_accuracy")  # what run_episode reports
-ACTION_PARAMS = ("clip", "log")  # how a continuous action becomes a factor (see apply_action)
 REWARDS = ("val-loss", "log-improvement")  # what a step pays (see VecALRSEnv.step_lr)
-REFERENCE_FEATURES = ("train_loss", "val_loss", "prediction_var", "prediction_change_var", "output_weight_mean",
-                      "output_weight_var", "lr")  # the reference's 7 (observation_features)
-RELATIVE_FEATURES = ("log_train_over_val", "log_val_over_first", "log_val_over_chance", "log_improvement",
-                     "log_prediction_change", "log_lr", "log_lr_over_initial")  # scale-free (relative_features)
-FEATURES = {"reference": REFERENCE_FEATURES, "relative": RELATIVE_FEATURES,
-            "relative-progress": RELATIVE_FEATURES + ("progress",)}  # what a controller observes, by --features
-TINY = 1e-30  # floor under the ratios whose logarithm is a feature (a fresh child's are exactly 1, never 0)
 
 
 @dataclass(frozen=True)
@@ -70,82 +65,6 @@ class EnvConfig:
         values.update(overrides)
         return cls(**values | {key: bool(values.get(key, False)) for key in ("discrete", "compile")})
 
-
-# ----------------------------------------------------------------------------- observation
-
-def observation_features(train_loss, val_loss, val_logits, prev_val_logits, output_weight, lr):
-    """The reference's 7 features, for a batch of E children (leading dimension E).
-
-    train_loss, val_loss, lr: (E,); val_logits: (E, N, C); prev_val_logits: the logits at the
-    previous observation, or None at the first; output_weight: (E, out, in). Variances are
-    population variances over all elements (numpy's np.var).
-    """
-    change = val_logits if prev_val_logits is None else val_logits - prev_val_logits
-    flat = lambda t: t.reshape(t.shape[0], -1)
-    return torch.stack([
-        train_loss,
-        val_loss,
-        flat(val_logits).var(1, correction=0),
-        flat(change).var(1, correction=0),
-        flat(output_weight).mean(1),
-        flat(output_weight).var(1, correction=0),
-        lr,
-    ], dim=1)
-
-
-def relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss, progress=None):
-    """The scale-free observation, from the reference's 7 features (E, 7) and the episode so far.
-
-    Losses enter only as log-ratios: training to validation loss, validation loss to the episode's
-    first one and to chance level (log of the number of classes), and the last block's
-    log-improvement log L(t-1) - log L(t); the predictions' change as the log of its variance relative
-    to theirs; the rate as log lr and log(lr / initial lr); optionally ``progress``, the fraction of the
-    episode done. A fresh child's ratios are 1 (features 0). Non-finite losses stay non-finite.
-    first_val_loss, prev_val_loss, initial_lr: (E,); chance_loss: a number; progress: (E,) or None.
-    """
-    train, val, prediction_var, change_var, _, _, lr = np.asarray(reference, dtype=np.float64).T
-    log = lambda ratio: np.log(np.maximum(ratio, TINY))  # NaN stays NaN
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        columns = [log(train / val), log(val / first_val_loss), log(val / chance_loss), log(prev_val_loss / val),
-                   log(change_var / prediction_var), np.log(lr), np.log(lr / initial_lr)]
-    if progress is not None:
-        columns.append(np.asarray(progress, dtype=np.float64))
-    return np.stack(columns, axis=1)
-
-
-def select_features(name, reference, first_val_loss, prev_val_loss, initial_lr, chance_loss, progress):
-    """The observation named ``name`` (a key of FEATURES) of E children, (E, len(FEATURES[name]))."""
-    if name == "reference":
-        return np.asarray(reference, dtype=np.float64)
-    return relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss,
-                             progress if name == "relative-progress" else None)
-
-
-def apply_action(lr, action, discrete, action_range, action_param="clip"):
-    """New learning rate(s) after an action: discrete 0 multiplies, 1 divides, 2 keeps.
-
-    A continuous action ``a`` is, with ``action_param="clip"`` (the reference), the factor itself
-    clipped to [1/range, range]: a policy at its initial mean 0 always divides. With ``"log"``
-    the factor is range ** clip(a, -1, 1): a = 0 keeps the rate, and the factor is symmetric in a.
-    """
-    action = np.asarray(action).reshape(np.shape(lr))  # one action per learning rate, (E,) or (E, 1)
-    if discrete:
-        factor = np.choose(action.astype(int), [action_range, 1 / action_range, 1.0])
-    elif action_param == "log":
-        factor = action_range ** np.clip(action, -1.0, 1.0)
-    else:
-        factor = np.clip(action, 1 / action_range, action_range)
-    return np.clip(lr * factor, LR_MIN, LR_MAX)
-
-
-def nearest_start(lr, starts=RANDOM_INITIAL_LRS):
-    """The start rate an episode's initial rate was drawn from (it carries noise of std lr/10)."""
-    return min(starts, key=lambda start: abs(math.log(lr / start)))
-
-
-def action_bounds(action_param, action_range):
-    """The interval outside which a continuous action is clipped, (low, high)."""
-    return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
 
 
 class VecALRSEnv:
@@ -216,7 +135,7 @@ class VecALRSEnv:
         previous_obs, previous_reference = self.obs.copy(), self.reference.copy()
         self._train_and_observe(active, lr)
         diverged = active & ~(np.isfinite(self.obs).all(1) & np.isfinite(self.reference).all(1))
-        reward = self._step_reward(active, diverged, previous_reference[:, 1])
+        reward = self._step_reward(active, diverged, previous_reference[:, VAL_LOSS])
         self.obs[diverged] = previous_obs[diverged]  # nothing non-finite leaves the environment
         self.reference[diverged] = previous_reference[diverged]
         self.episode_return += reward
@@ -227,7 +146,7 @@ class VecALRSEnv:
 
     def _train_and_observe(self, active, lr):
         """One block of the active children at rates ``lr`` (clipped), then their observation."""
-        self.lr = np.where(active, np.clip(lr, LR_MIN, LR_MAX), self.lr)
+        self.lr = np.where(active, clip_lr(lr), self.lr)
         train_loss = self._train_block(active)
         self.step_count[active] += self.config.update_freq
         self._observe(active, train_loss)
@@ -238,7 +157,7 @@ class VecALRSEnv:
     def _step_reward(self, active, diverged, previous_val_loss):
         """The reward of every environment: 0 when inactive, the divergence penalty when diverged."""
         with np.errstate(invalid="ignore", divide="ignore"):  # a diverged child's loss is not finite
-            reward = np.where(active, self._reward(previous_val_loss, self.reference[:, 1]), 0.0)
+            reward = np.where(active, self._reward(previous_val_loss, self.reference[:, VAL_LOSS]), 0.0)
         return np.where(diverged, self._divergence_penalty(previous_val_loss), reward)
 
     def _end_episodes(self, done, diverged):
@@ -294,7 +213,7 @@ class VecALRSEnv:
         self._seed(state["seeds"])
         self.children.load_state_dict(state["children"])
         if "reference" not in state:  # saved before the feature sets: the observation was the reference's
-            state = state | {"reference": state["obs"], "first_val_loss": state["obs"][:, 1]}
+            state = state | {"reference": state["obs"], "first_val_loss": state["obs"][:, VAL_LOSS]}
         state = {"lr_scale": torch.ones(self.num_envs, dtype=torch.float64)} | state  # saved before the hidden scale
         for name in ("lr", "step_count", "finished", "obs", "reference", "first_val_loss", "episode_return",
                      "lr_range", "initial_lr", "log_lr_sum", "lr_scale"):
@@ -321,8 +240,8 @@ class VecALRSEnv:
             if lr == 0:
                 lr = RANDOM_INITIAL_LRS[int(torch.randint(len(RANDOM_INITIAL_LRS), (1,), generator=generator))]
             if self.config.lr_noise:
-                lr += lr / 10 * torch.randn(1, generator=generator).item()
-            self.lr[i] = self.initial_lr[i] = np.clip(lr, LR_MIN, LR_MAX)
+                lr += INITIAL_LR_NOISE * lr * torch.randn(1, generator=generator).item()
+            self.lr[i] = self.initial_lr[i] = clip_lr(lr)
             self.lr_scale[i] = self._draw_lr_scale(generator)
             self.step_count[i] = 0
             self.episode_return[i] = 0
@@ -342,7 +261,7 @@ class VecALRSEnv:
     def _train_block(self, active):
         """``update_freq`` Adam steps for the active children; returns their mean training loss (E,)."""
         steps = to_device(self.sampler.block(self.config.update_freq, active), self.device)
-        child_lr = np.clip(self.lr * self.lr_scale, LR_MIN, LR_MAX)
+        child_lr = clip_lr(self.lr * self.lr_scale)
         return self.children.train_block(self.splits.train_x, self.splits.train_y, steps, child_lr, active)
 
     def _evaluate(self, x, y):
@@ -368,22 +287,23 @@ class VecALRSEnv:
                                         self.children.output_weights(), lr)
         self.prev_logits.copy_(torch.where(mask, logits, self.prev_logits))
         reference = features.double().cpu().numpy()  # the block's one wait for the GPU
-        previous_val_loss = reference[:, 1] if fresh else self.reference[:, 1]
+        previous_val_loss = reference[:, VAL_LOSS] if fresh else self.reference[:, VAL_LOSS]
         if fresh:
-            self.first_val_loss[active] = reference[active, 1]
+            self.first_val_loss[active] = reference[active, VAL_LOSS]
         observation = select_features(self.config.features, reference, self.first_val_loss, previous_val_loss,
                                       self.initial_lr, self.chance_loss,
                                       self.step_count / self.config.num_train_steps)
         self.reference[active], self.obs[active] = reference[active], observation[active]
 
     def _info(self, i, final=False, diverged=False):
-        info = {"train_loss": float(self.reference[i, 0]), "val_loss": float(self.reference[i, 1]),
+        info = {"train_loss": float(self.reference[i, 0]), "val_loss": float(self.reference[i, VAL_LOSS]),
                 "lr": float(self.lr[i]), "step": int(self.step_count[i])}
         if final:
-            info.update(final_val_loss=float(self.reference[i, 1]) if not diverged else math.nan,
+            info.update(final_val_loss=float(self.reference[i, VAL_LOSS]) if not diverged else math.nan,
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
                         lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]),
-                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]), lr_scale=float(self.lr_scale[i]),
+                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]),
+                        lr_scale=float(self.lr_scale[i]),
                         lr_geomean=float(np.exp(self.log_lr_sum[i] * self.config.update_freq / self.step_count[i])))
         return info
 
@@ -443,11 +363,12 @@ def run_episode(envs, next_lr, seeds, initial_lr=None, on_block=None):
     """Run one episode in every environment of ``envs`` (built with ``autoreset=False``).
 
     ``next_lr(obs, lr, step)`` returns the learning rates of the block that starts at child step
-    ``step`` from the observations (E, 7) and the current rates (E,). Returns the curves recorded at each observation, arrays
-    ``step`` (T,) and ``train_loss``, ``val_loss``, ``lr`` (E, T), NaN after a divergence, and per
-    environment (E,) ``diverged`` and the episode's metrics ``final_val_loss``, ``best_val_loss``,
-    ``test_loss``, ``test_accuracy`` of the final children, NaN for a diverged one. ``on_block(steps)``,
-    if given, is called after each block with the child steps it trained (for a progress bar).
+    ``step`` from the raw observations (E, features) and the current rates (E,). Returns the curves
+    recorded at each observation, arrays ``step`` (T,) and ``train_loss``, ``val_loss``, ``lr`` (E, T),
+    NaN after a divergence, and per environment (E,) ``diverged`` and the episode's metrics
+    ``final_val_loss``, ``best_val_loss``, ``test_loss``, ``test_accuracy`` of the final children, NaN
+    for a diverged one. ``on_block(steps)``, if given, is called after each block with the child steps
+    it trained (for a progress bar).
     """
     obs, infos = envs.reset(seed=seeds, options={"initial_lr": initial_lr})
     curves = {key: [] for key in ("train_loss", "val_loss", "lr")}
@@ -471,3 +392,19 @@ def run_episode(envs, next_lr, seeds, initial_lr=None, on_block=None):
     result.update({key: np.where(diverged, np.nan, value) for key, value in metrics.items()})
     result.update(step=np.array(steps), diverged=diverged)
     return result
+
+
+def stack(schedules):
+    """``next_lr`` for run_episode: child i follows ``schedules[i]``."""
+    def next_lr(obs, lr, step):
+        return np.array([s.next_lr(obs[i], lr[i], step) for i, s in enumerate(schedules)])
+    return next_lr
+
+
+def run_synced(schedules, config, splits, seed, device, on_block=None):
+    """One episode of one child per schedule, every child from the same initialization and batches of
+    ``seed`` (torch's global RNG seeded too, so a controller's sampled actions are reproducible);
+    run_episode's results, child i following ``schedules[i]`` (``on_block``: run_episode's)."""
+    torch.manual_seed(seed)
+    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
+    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules], on_block)

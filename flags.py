@@ -10,7 +10,8 @@ import torch
 
 from children import PRECISIONS
 from data import DATASETS, DEFAULT_VAL_SIZE
-from environment import ACTION_PARAMS, FEATURES, REWARDS, EnvConfig
+from controller import ACTION_PARAMS, FEATURES
+from environment import REWARDS, EnvConfig
 from models import ARCHITECTURES
 from runs import DEFAULT_SEED, RUN_ID_PATTERN
 from tasks import Task, check_task, parse_task, task_from_args

@@ -3,7 +3,8 @@
 Pieces: ``ActorCritic`` (separate 7-32-32 actor and critic MLPs), ``RunningMeanStd`` and
 ``VecNormalizer`` (VecNormalize's observation and reward scaling) with ``NormalizedVecEnv`` (the
 wrapper that applies it to an environment), ``RolloutBuffer`` with GAE, ``ppo_update`` (clipped
-surrogate, clipped value loss, entropy bonus, gradient clipping), and the controller checkpoint.
+surrogate, clipped value loss, entropy bonus, gradient clipping). The controller it trains, and its
+checkpoint, are controller.py's.
 """
 from dataclasses import dataclass
 
@@ -12,13 +13,14 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-from utils import UserError, load_checkpoint
 
 HIDDEN = 32
 GAE_LAMBDA = 0.95
 VALUE_COEF = 0.5
 MAX_GRAD_NORM = 0.5
-NORM_EPSILON = 1e-8
+NORM_EPSILON = 1e-8  # VecNormalize's, under the variance
+ADVANTAGE_EPSILON = 1e-8  # PPO2's, under the minibatch's advantage std
+REFERENCE_OBS_DIM = 7  # the reference's observation (controller.REFERENCE_FEATURES)
 DEFAULT_CLIP = 10.0
 
 
@@ -40,7 +42,7 @@ class ActorCritic(nn.Module):
     """Separate actor and critic networks; a categorical policy over 3 actions, or a diagonal
     Gaussian with a state-independent log standard deviation for continuous actions."""
 
-    def __init__(self, obs_dim=7, discrete=False, num_actions=3, action_dim=1):
+    def __init__(self, obs_dim=REFERENCE_OBS_DIM, discrete=False, num_actions=3, action_dim=1):
         super().__init__()
         self.discrete = discrete
         self.actor = mlp(obs_dim, num_actions if discrete else action_dim, 0.01)
@@ -240,7 +242,7 @@ def ppo_loss(agent, minibatch, config):
     dist = agent.distribution(minibatch["obs"])
     log_prob, entropy = agent.log_prob_entropy(dist, minibatch["actions"])
     advantages = minibatch["advantages"]
-    advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)  # numpy std, as PPO2
+    advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + ADVANTAGE_EPSILON)  # numpy std
     log_ratio = log_prob - minibatch["log_probs"]
     ratio = log_ratio.exp()
     clip = config.clip_range if config.clip_range > 0 else float("inf")
@@ -307,40 +309,3 @@ def ppo_update(agent, optimizer, batch, config, generator=None, reduce_gradients
     means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
     means["explained_variance"] = explained_variance(batch["values"], batch["returns"])
     return means
-
-
-CHECKPOINT_FORMAT = "alrs-controller-1"
-
-
-def controller_features(state):
-    """The observation a controller checkpoint expects; checkpoints from before feature sets: the reference's."""
-    return state.get("features", "reference")
-
-
-def controller_state(agent, normalizer, action_range, action_param="clip", features="reference"):
-    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics and
-    the observation it expects (a key of environment.FEATURES)."""
-    return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
-            "action_param": action_param, "features": features, "agent": agent.state_dict(),
-            "normalizer": normalizer.state_dict(), "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
-
-
-def read_controller_checkpoint(path):
-    """The dict ``controller_state`` saved at ``path``; a file that is not a controller checkpoint, or
-    is of another format, is a UserError."""
-    state = load_checkpoint(path, required=("format", "agent", "discrete"))
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
-    return state
-
-
-def load_controller(state):
-    """(agent, normalizer, action_range, action_param) from ``controller_state``; the normalizer is
-    frozen. Checkpoints from before the action parametrization was saved use "clip". The observation
-    it expects is ``controller_features(state)``."""
-    agent = ActorCritic(state["agent"]["actor.0.weight"].shape[1], discrete=state["discrete"])
-    agent.load_state_dict(state["agent"])
-    normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
-    normalizer.load_state_dict(state["normalizer"])
-    normalizer.training = False
-    return agent.eval(), normalizer, state["action_range"], state.get("action_param", "clip")

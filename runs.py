@@ -11,6 +11,7 @@ from utils import UserError, load_checkpoint, new_folders, read_jsonl, remove_em
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ids are plain names, never paths
 DEFAULT_SEED = 0
+SEED_STRIDE = 1000  # --seed s owns the seeds s * SEED_STRIDE + i, i < SEED_STRIDE (training and test children)
 BEST_WINDOW = 16  # best.pt: the lowest mean final validation loss over this many episodes per initial rate
 UNTRAINED_CHECKPOINT = "step-0000000_untrained.pt"  # the initial policy: test.py's control
 TRAINING_STATE = "latest.pt"

@@ -33,10 +33,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from children import EVAL_CHUNK
-from environment import FEATURES, LR_MAX, LR_MIN, observation_features, select_features
+from controller import (FEATURES, LR_MAX, LR_MIN, Controller, clip_lr, load_controller, observation_features,
+                        read_controller_checkpoint, select_features)
 from models import output_layer_name
-from ppo import controller_features, load_controller, read_controller_checkpoint
-from schedules import Controller
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 OUT_OF_RANGE_ACTIONS = 5  # actions in a row with a feature beyond the normalizer's clip before the scheduler warns
@@ -93,7 +92,7 @@ class ALRSScheduler(LRScheduler):
             raise ValueError(f"max_lr must be in ({LR_MIN:g}, {LR_MAX:g}], got {max_lr}")
         self.total_steps, self.max_lr = total_steps, max_lr
         self.last_epoch = 0
-        self.lr = float(np.clip(self.base_lrs[0], LR_MIN, max_lr))  # the reference rate since the last action
+        self.lr = float(clip_lr(self.base_lrs[0], max_lr))  # the reference rate since the last action
         self.initial_lr = self.lr
         self.loss_sum, self.loss_count, self.prev_logits, self.val_loss = None, 0, None, math.nan
         self.first_val_loss = math.nan  # at the first observation
@@ -150,7 +149,7 @@ class ALRSScheduler(LRScheduler):
             warnings.warn("the validation loss is not finite (the model diverged); the learning rate is kept")
             return
         self._check_range(features)
-        self.lr = float(np.clip(self.controller.next_lr(features, self.lr, self.last_epoch), LR_MIN, self.max_lr))
+        self.lr = float(clip_lr(self.controller.next_lr(features, self.lr, self.last_epoch), self.max_lr))
         self._set_lr(self.lr)
 
     def _check_range(self, features):
@@ -230,6 +229,4 @@ def output_weight(model, output_layer=None):
 
 def load_scheduler_controller(path, deterministic=True):
     """The ``Controller`` of a checkpoint file (its initial rate is the optimizer's, not stored)."""
-    state = read_controller_checkpoint(path)
-    agent, normalizer, action_range, action_param = load_controller(state)
-    return Controller(agent, normalizer, action_range, action_param, None, deterministic, controller_features(state))
+    return load_controller(read_controller_checkpoint(path), deterministic)

@@ -1,16 +1,13 @@
 """Learning-rate schedules that drive one child through an episode, all behind one interface.
 
 A schedule has ``initial_lr`` and ``next_lr(obs, lr, step)``: the rate of the block that starts at
-child step ``step``, given that child's raw observation (7,) and current rate. ``stack`` turns a
-list of them into the ``next_lr`` of ``environment.run_episode`` over as many children, so
-baselines.py and test.py line up schedules and children by position, with no bookkeeping.
+child step ``step``, given that child's raw observation and current rate. ``environment.run_synced``
+runs a list of them, one child each; ``controller.Controller`` is the learned one.
 """
 import math
 
 import numpy as np
-import torch
 
-from environment import VecALRSEnv, apply_action, run_episode
 
 BASELINE_KINDS = ("step_decay", "constant", "cosine")  # the fixed schedules baselines.py sweeps
 
@@ -75,37 +72,3 @@ def baseline_schedule(run, num_train_steps):
     if run["kind"] == "cosine":
         return Cosine(run["initial_lr"], num_train_steps)
     return StepDecay(run["initial_lr"], run["discount_step"], run["discount_factor"])
-
-
-class Controller:
-    """A trained (or untrained) PPO controller: its action on the frozen-normalized observation,
-    the mode of its policy (``deterministic``) or a sample from it, applied to the current rate."""
-
-    def __init__(self, agent, normalizer, action_range, action_param, initial_lr, deterministic=True,
-                 features="reference"):
-        self.agent, self.normalizer = agent, normalizer
-        self.action_range, self.action_param = action_range, action_param
-        self.initial_lr, self.deterministic = initial_lr, deterministic
-        self.features = features  # the observation it expects (a key of environment.FEATURES)
-
-    def next_lr(self, obs, lr, step):
-        normalized = torch.as_tensor(self.normalizer.observation(np.asarray(obs)[None]))
-        action, _, _ = self.agent.act(normalized, deterministic=self.deterministic)
-        return float(apply_action(np.array([lr]), action.numpy(), self.agent.discrete,
-                                  self.action_range, self.action_param)[0])
-
-
-def stack(schedules):
-    """``next_lr`` for run_episode: child i follows ``schedules[i]``."""
-    def next_lr(obs, lr, step):
-        return np.array([s.next_lr(obs[i], lr[i], step) for i, s in enumerate(schedules)])
-    return next_lr
-
-
-def run_synced(schedules, config, splits, seed, device, on_block=None):
-    """One episode of one child per schedule, every child from the same initialization and batches of
-    ``seed`` (torch's global RNG seeded too, so a controller's sampled actions are reproducible);
-    run_episode's results, child i following ``schedules[i]`` (``on_block``: run_episode's)."""
-    torch.manual_seed(seed)
-    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
-    return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules], on_block)

@@ -14,7 +14,7 @@ differences; writes results.json and schedules*.png under
 runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode>/.
 """
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -23,11 +23,12 @@ import distributed
 import flags
 from data import dataset_name
 from tasks import VARIANT_KEYS, load_task_splits, parse_task, task_from_args
-from environment import EPISODE_METRICS as METRICS, RANDOM_INITIAL_LRS, EnvConfig
+from controller import controller_features, load_controller, read_controller_checkpoint, start_lrs
+from environment import EPISODE_METRICS as METRICS, EnvConfig, run_synced
 from plots import plot_schedules
-from ppo import ActorCritic, controller_features, load_controller, read_controller_checkpoint
-from runs import UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
-from schedules import BASELINE_KINDS, Controller, baseline_schedule, replay_schedules, run_synced
+from ppo import ActorCritic
+from runs import SEED_STRIDE, UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
+from schedules import BASELINE_KINDS, baseline_schedule, replay_schedules
 from stats import paired_difference, summarize, verdict
 from utils import UserError, json_floats, load_checkpoint, load_json, read_jsonl, resolve_device, run_cli, save_json
 
@@ -65,40 +66,42 @@ class Row:
 
 
 def load_policies(run_dir, state):
-    """The tested policy and, if the run saved it, its initial one (else None), their frozen
-    normalizer and action semantics, loaded once for every start rate."""
-    agent, normalizer, action_range, action_param = load_controller(state)
+    """The tested controller and, if the run saved it, its initial policy (else None), loaded once
+    for every start rate."""
+    controller = load_controller(state)
     untrained = None
     untrained_path = run_dir / "checkpoints" / UNTRAINED_CHECKPOINT
     if untrained_path.exists():
-        untrained = ActorCritic(agent.actor[0].in_features, discrete=agent.discrete).eval()
+        untrained = ActorCritic(controller.agent.actor[0].in_features, discrete=controller.agent.discrete).eval()
         untrained.load_state_dict(load_checkpoint(untrained_path, required=("agent",))["agent"])
     else:
         print(f"no {UNTRAINED_CHECKPOINT} in this run (trained before it was saved): no untrained rows")
-    return agent, untrained, normalizer, action_range, action_param
+    return controller, untrained
 
 
 def controller_rows(args, policies, lr):
     """The learned controller and, where there is one, its initial policy, from rate ``lr``."""
-    agent, untrained, normalizer, action_range, action_param = policies
+    controller, untrained = policies
+    controller = replace(controller, deterministic=bool(args.test_deterministic))
     mode = "mode" if args.test_deterministic else "sampled"
-    config = {"discrete": agent.discrete, "action_range": action_range, "action_param": action_param,
-              "deterministic": bool(args.test_deterministic), "initial_lr": lr}
-    make = lambda policy: Controller(policy, normalizer, action_range, action_param, lr, bool(args.test_deterministic))
-    rows = [Row(f"learned@{lr:g}", f"learned ({args.test_schedule}, {mode}) from {lr:g}", lr, make(agent),
+    config = {"discrete": controller.agent.discrete, "action_range": controller.action_range,
+              "action_param": controller.action_param, "deterministic": controller.deterministic, "initial_lr": lr}
+    rows = [Row(f"learned@{lr:g}", f"learned ({args.test_schedule}, {mode}) from {lr:g}", lr,
+                controller.starting_at(lr),
                 {"checkpoint": args.test_schedule, **config})]
     if untrained is not None:
-        rows.append(Row(f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr, make(untrained),
+        rows.append(Row(f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr,
+                        controller.starting_at(lr, agent=untrained),
                         {"checkpoint": UNTRAINED_CHECKPOINT, **config}))
     return rows
 
 
-def make_rows(args, run_dir, state, baseline_runs, best, start_lrs):
+def make_rows(args, run_dir, state, baseline_runs, best, starts):
     """Per start rate: learned, untrained, the best step decay, constant rate and cosine annealing from
     that rate; then the best baselines overall, where no row holds them yet."""
     policies = load_policies(run_dir, state)
     rows = []
-    for lr in start_lrs:
+    for lr in starts:
         rows += controller_rows(args, policies, lr)
         for kind in BASELINE_KINDS:
             run = best_of(baseline_runs, kind, initial_lr=lr)
@@ -159,8 +162,7 @@ def evaluate(args, argv, device):
     args = settings(args, argv, trained)
     state = read_controller_checkpoint(checkpoint_path(run_dir, args.test_schedule))
     baseline_runs, best = load_baseline_runs(args)
-    start_lrs = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
-    rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs)
+    rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs(args.initial_lr))
 
     trained_labels = trained_settings(trained)
     trained_on = ", ".join(trained_labels)
@@ -176,7 +178,7 @@ def evaluate(args, argv, device):
           f"{tested_on}" + ("  [TRANSFER]" if transfer else ""))
     splits = load_task_splits(task_from_args(args), args.data_dir, device, args.download)
     config = EnvConfig.from_args(args, lr_noise=False, features=controller_features(state))
-    runs = [{"seed": TEST_SEED_OFFSET + args.seed * 1000 + r} for r in range(args.test_runs)]
+    runs = [{"seed": TEST_SEED_OFFSET + args.seed * SEED_STRIDE + r} for r in range(args.test_runs)]
     finished = {}  # run index -> the curves and metrics of every row on that seed
     tell = lambda shown: report(args, shown, [finished[i] for i in sorted(finished)], runs, out, trained, trained_on,
                                 tested_on, transfer)

@@ -19,19 +19,19 @@ from tqdm import tqdm
 import distributed
 import flags
 from data import data_source
-from environment import RANDOM_INITIAL_LRS, EnvConfig, TaskMixVecEnv, VecALRSEnv, nearest_start
+from controller import controller_state, nearest_start, start_lrs
+from environment import EnvConfig, TaskMixVecEnv, VecALRSEnv
 from plots import plot_training
 from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
-                 controller_state, policy_statistics, ppo_update)
-from runs import (BEST_WINDOW, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state, new_run_dir,
-                  save_training_state)
+                 policy_statistics, ppo_update)
+from runs import (BEST_WINDOW, SEED_STRIDE, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state,
+                  new_run_dir, save_training_state)
 from tasks import TASK_KEYS, load_task_splits, parse_task, task_from_args
 from tensorboard_log import TensorBoardLog
 from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli,
                    save_checkpoint)
 
 NUM_PERIODIC_CHECKPOINTS = 10
-TRAIN_SEED_OFFSET = 1000  # environment i of seed s trains children from seed s * 1000 + i
 EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean", "lr_scale")
 
 
@@ -154,7 +154,7 @@ def train(args, device):
     tasks = training_tasks(args)
     print("loading " + ", ".join(f"{t.name} ({data_source(t.dataset, args.data_dir)})" for t in tasks) + " ...",
           flush=True)
-    seeds = [args.seed * TRAIN_SEED_OFFSET + rank * args.num_envs + i for i in range(args.num_envs)]
+    seeds = [args.seed * SEED_STRIDE + rank * args.num_envs + i for i in range(args.num_envs)]
     raw_envs = make_envs(args, tasks, seeds, device)
     if main_rank:
         run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
@@ -170,7 +170,7 @@ def train(args, device):
     obs_dim = raw_envs.observation_space.shape[0]
     agent = ActorCritic(obs_dim, discrete=bool(args.discrete))  # the same initial weights on every rank
     if rank > 0:
-        torch.manual_seed(args.seed * TRAIN_SEED_OFFSET + rank)  # its own action noise and minibatch order
+        torch.manual_seed(args.seed * SEED_STRIDE + rank)  # its own action noise and minibatch order
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
     clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
     normalizer = VecNormalizer(obs_dim, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
@@ -184,7 +184,7 @@ def train(args, device):
     checkpoints = run_dir / "checkpoints"
     episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
     controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param, args.features)
-    starts = RANDOM_INITIAL_LRS if args.initial_lr == 0 else (args.initial_lr,)
+    starts = start_lrs(args.initial_lr)
 
     def report_stop():
         """What Ctrl-C prints (rank 0): how to continue, or that there is nothing to continue yet."""

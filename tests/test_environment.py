@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import utils
 from data import load_splits
 from children import BatchedAdam, ModuleChildren, VmapChildren, make_children
-from environment import (LR_MAX, LR_MIN, Discrete, EnvConfig, VecALRSEnv, apply_action, observation_features,
-                         run_episode)
+from controller import LR_MAX, LR_MIN, apply_action
+from environment import Discrete, EnvConfig, VecALRSEnv, run_episode
 from models import build_model, output_layer_name
 from schedules import Cosine, baseline_schedule
 
@@ -109,49 +109,7 @@ def test_observations_match_a_direct_computation(splits, architecture, backend):
     assert infos[0]["val_loss"] == pytest.approx(float(np.log(10)), rel=0.1)  # an untrained child
 
 
-def test_observation_features_function():
-    torch.manual_seed(0)
-    logits, prev, weight = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 4, 6)
-    train_loss, val_loss, lr = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor([1e-3, 1e-2])
-    first = observation_features(train_loss, val_loss, logits, None, weight, lr).numpy()
-    later = observation_features(train_loss, val_loss, logits, prev, weight, lr).numpy()
-    for i in range(2):
-        expected = [train_loss[i], val_loss[i], np.var(logits[i].numpy()), np.var((logits[i] - prev[i]).numpy()),
-                    weight[i].mean(), np.var(weight[i].numpy()), lr[i]]
-        np.testing.assert_allclose(later[i], np.array(expected, dtype=np.float64), rtol=1e-5)
-        assert first[i, 3] == first[i, 2]
-
-
 # ----------------------------------------------------------------------------- actions and lr
-
-
-@pytest.mark.parametrize("discrete,actions,action_range,factors", [
-    (True, [0, 1, 2], 1.05, [1.05, 1 / 1.05, 1.0]),
-    (True, [2, 0, 1], 2.0, [1.0, 2.0, 0.5]),
-    (False, [[2.0], [0.1], [1.02]], 1.05, [1.05, 1 / 1.05, 1.02]),
-    (False, [[3.0], [-1.0], [0.7]], 2.0, [2.0, 0.5, 0.7]),
-])
-def test_apply_action(discrete, actions, action_range, factors):
-    lr = np.array([1e-3, 2e-3, 4e-3])
-    np.testing.assert_allclose(apply_action(lr, np.array(actions), discrete, action_range),
-                               lr * np.array(factors), rtol=1e-12)
-
-
-def test_log_action_parametrization():
-    """factor = range ** clip(a, -1, 1): a = 0 keeps the rate, +-1 and beyond give range and 1/range,
-    and opposite actions give reciprocal factors."""
-    lr = np.full(6, 1e-3)
-    actions = np.array([[0.0], [1.0], [-1.0], [0.5], [-0.5], [7.0]])
-    new = apply_action(lr, actions, False, 1.05, "log")
-    np.testing.assert_allclose(new / lr, [1.0, 1.05, 1 / 1.05, 1.05 ** 0.5, 1.05 ** -0.5, 1.05], rtol=1e-12)
-
-
-@pytest.mark.parametrize("discrete,actions", [(True, [0, 1]), (False, [[5.0], [0.0]])])
-def test_apply_action_clips_the_learning_rate(discrete, actions):
-    lr = np.array([0.099, 1.02e-5])
-    np.testing.assert_array_equal(apply_action(lr, np.array(actions), discrete, 1.05), [LR_MAX, LR_MIN])
-    assert (LR_MIN, LR_MAX) == (1e-5, 1e-1)
-
 
 @pytest.mark.parametrize("discrete,actions,factors", [
     (True, [0, 1, 2], [1.05, 1 / 1.05, 1.0]),

@@ -7,10 +7,8 @@ import torch
 from torch import nn
 
 import ppo
-import utils
 from ppo import (ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, RunningMeanStd, VecNormalizer, compute_gae,
-                 controller_state, explained_variance, gradient_step, load_controller, policy_statistics,
-                 ppo_loss, ppo_update)
+                 explained_variance, gradient_step, policy_statistics, ppo_loss, ppo_update)
 
 # ----------------------------------------------------------------------------- GAE
 
@@ -367,30 +365,6 @@ def test_discrete_actions_and_log_probs():
     torch.testing.assert_close(log_prob, log_p.gather(1, action[:, None]).squeeze(1))
     assert set(action.tolist()) == {0, 1, 2}
     assert torch.equal(agent.act(obs, deterministic=True)[0], log_p.argmax(-1))
-
-
-@pytest.mark.parametrize("discrete", [True, False])
-def test_controller_checkpoint_round_trip(discrete, tmp_path):
-    agent, _ = agent_and_batch(discrete, seed=3)
-    normalizer = VecNormalizer(7, 4, clip=5.0)
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        normalizer.observation(rng.normal(1.0, 3.0, (4, 7)))
-    utils.save_checkpoint(tmp_path / "best.pt", controller_state(agent, normalizer, 1.07))
-    loaded, loaded_normalizer, action_range, action_param = load_controller(utils.load_checkpoint(tmp_path / "best.pt"))
-    assert action_range == 1.07 and loaded.discrete == discrete and not loaded.training
-    assert action_param == "clip"
-    assert loaded_normalizer.training is False and loaded_normalizer.clip == 5.0
-    normalizer.training = False
-    raw = rng.normal(1.0, 30.0, (50, 7))
-    obs = torch.as_tensor(normalizer.observation(raw))
-    np.testing.assert_array_equal(loaded_normalizer.observation(raw), obs.numpy())
-    assert obs.abs().max() == 5.0  # clipped at the saved clip
-    torch.testing.assert_close(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True), rtol=0, atol=0)
-    torch.manual_seed(7)
-    expected = agent.act(obs)
-    torch.manual_seed(7)
-    torch.testing.assert_close(loaded.act(obs), expected, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- learning

@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from children import BatchSampler, to_float
 from conftest import ROOT, write_image_folder, write_mnist
 from data import load_splits
-from environment import FEATURES, EnvConfig, VecALRSEnv, run_episode
+from controller import FEATURES, Controller
+from environment import EnvConfig, VecALRSEnv, run_episode
 from ppo import ActorCritic, VecNormalizer
 from models import build_model
 from scheduler import ALRSScheduler, load_scheduler_controller
-from schedules import Controller
 from utils import run_cli
 
 PRETRAINED = ROOT / "pretrained" / "fa-mnist_mlp_stable.pt"
@@ -33,7 +33,6 @@ def environment_run(splits, controller, initial_lr):
     config = EnvConfig(architecture="mlp", batch_size=BATCH, update_freq=FREQ, num_train_steps=STEPS, lr_noise=False,
                        features=controller.features)
     envs = VecALRSEnv(config, splits, [SEED], "cpu", autoreset=False)
-    controller.initial_lr = initial_lr
     return run_episode(envs, lambda obs, lr, step: np.array([controller.next_lr(obs[0], lr[0], step)]),
                        [SEED], [initial_lr])
 
@@ -85,7 +84,7 @@ def relative_controller(features):
         agent.actor[-1].weight.mul_(300)
     normalizer = VecNormalizer(len(FEATURES[features]), 1)
     normalizer.training = False
-    return Controller(agent.eval(), normalizer, 1.05, "log", None, features=features)
+    return Controller(agent.eval(), normalizer, 1.05, "log", features=features)
 
 
 @pytest.mark.parametrize("features", ["relative", "relative-progress"])
@@ -155,12 +154,12 @@ def test_scheduler_accepts_a_dataloader_and_keeps_the_ratio_of_the_groups(splits
     assert resumed.get_last_lr() == scheduler.get_last_lr()
 
 
-def test_scheduler_is_a_torch_scheduler_and_steps_without_a_loss(splits):
+def test_scheduler_is_a_torch_scheduler_and_steps_without_a_loss(splits, monkeypatch):
     """step() with no loss: the block's training-loss feature is the validation loss at its end."""
     controller = load_scheduler_controller(PRETRAINED)
     observed = []
-    next_lr = controller.next_lr
-    controller.next_lr = lambda obs, lr, step: observed.append(obs) or next_lr(obs, lr, step)
+    next_lr = Controller.next_lr
+    monkeypatch.setattr(Controller, "next_lr", lambda self, obs, lr, step: observed.append(obs) or next_lr(self, obs, lr, step))
     model = build_model("mlp", 1, (28, 28))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = ALRSScheduler(optimizer, model, controller, (to_float(splits.val_x), splits.val_y))

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from data import Splits, load_splits
-from environment import (FEATURES, EnvConfig, TaskMixVecEnv, VecALRSEnv, relative_features, run_episode)
-from schedules import StepDecay, replay_schedules, stack
+from controller import FEATURES, relative_features
+from environment import EnvConfig, TaskMixVecEnv, VecALRSEnv, run_episode, stack
+from schedules import StepDecay, replay_schedules
 from tasks import Task, make_variant, parse_task
 
 CONFIG = EnvConfig(architecture="mlp", batch_size=16, update_freq=3, num_train_steps=12, initial_lr=1e-3,
@@ -67,25 +68,6 @@ def test_downsampled_images_are_area_averages(splits):
 
 
 # ----------------------------------------------------------------------------- scale-free observation
-
-def test_relative_features_against_a_direct_computation():
-    reference = np.array([[0.5, 0.4, 2.0, 0.5, 0.0, 1e-3, 2e-3]])
-    got = relative_features(reference, first_val_loss=np.array([2.0]), prev_val_loss=np.array([0.8]),
-                            initial_lr=np.array([1e-3]), chance_loss=math.log(10), progress=np.array([0.25]))
-    expected = [math.log(0.5 / 0.4), math.log(0.4 / 2.0), math.log(0.4 / math.log(10)), math.log(0.8 / 0.4),
-                math.log(0.5 / 2.0), math.log(2e-3), math.log(2.0), 0.25]
-    np.testing.assert_allclose(got[0], expected, rtol=1e-12)
-    assert got.shape[1] == len(FEATURES["relative-progress"])
-
-
-def test_relative_features_do_not_change_when_the_losses_scale():
-    reference = np.array([[0.5, 0.4, 2.0, 0.5, 0.1, 1e-3, 2e-3]])
-    scaled = reference * [[7, 7, 1, 1, 1, 1, 1]]
-    args = dict(initial_lr=np.array([1e-3]), chance_loss=2.0)
-    a = relative_features(reference, np.array([2.0]), np.array([0.8]), **args)
-    b = relative_features(scaled, np.array([14.0]), np.array([5.6]), **args)
-    np.testing.assert_allclose(a[:, [0, 1, 3, 4, 5, 6]], b[:, [0, 1, 3, 4, 5, 6]], rtol=1e-12)
-
 
 @pytest.mark.parametrize("features", ["relative", "relative-progress"])
 def test_env_observes_the_relative_features_of_its_reference_ones(splits, features):

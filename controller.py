@@ -1,0 +1,186 @@
+"""The controller: what it observes, what its actions do to the learning rate, the policy that acts,
+and the checkpoint it is saved in. The environment, the test script and the drop-in scheduler all
+take these from here, so a controller sees and acts the same way wherever it runs.
+
+- Rates: the range every rate is clipped to (``clip_lr``) and the start rates (``start_lrs``).
+- Observations: the reference's 7 features (``observation_features``) or the scale-free ones
+  (``relative_features``), by name in ``FEATURES``.
+- Actions: ``apply_action`` (discrete, or a continuous factor) and the continuous action's bounds.
+- ``Controller``: a policy with its frozen normalizer, as a schedule (``next_lr``).
+- Checkpoints: ``controller_state`` writes what ``load_controller`` reads back as a ``Controller``.
+"""
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ppo import ActorCritic, VecNormalizer
+from utils import UserError, load_checkpoint
+
+LR_MIN, LR_MAX = 1e-5, 1e-1  # every rate a controller sets, or an episode starts from, is clipped to this range
+RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
+ACTION_PARAMS = ("clip", "log")  # how a continuous action becomes a factor (see apply_action)
+REFERENCE_FEATURES = ("train_loss", "val_loss", "prediction_var", "prediction_change_var", "output_weight_mean",
+                      "output_weight_var", "lr")  # the reference's 7 (observation_features)
+VAL_LOSS = REFERENCE_FEATURES.index("val_loss")  # the column the reward and the episode records read
+RELATIVE_FEATURES = ("log_train_over_val", "log_val_over_first", "log_val_over_chance", "log_improvement",
+                     "log_prediction_change", "log_lr", "log_lr_over_initial")  # scale-free (relative_features)
+FEATURES = {"reference": REFERENCE_FEATURES, "relative": RELATIVE_FEATURES,
+            "relative-progress": RELATIVE_FEATURES + ("progress",)}  # what a controller observes, by --features
+TINY = 1e-30  # floor under the ratios whose logarithm is a feature (a fresh child's are exactly 1, never 0)
+CHECKPOINT_FORMAT = "alrs-controller-1"
+
+
+# ----------------------------------------------------------------------------- rates
+
+def clip_lr(lr, max_lr=LR_MAX):
+    """``lr`` (a number or an array) clipped to [LR_MIN, max_lr]."""
+    return np.clip(lr, LR_MIN, max_lr)
+
+
+def start_lrs(initial_lr):
+    """The start rates an ``--initial-lr`` stands for: 0 means each of RANDOM_INITIAL_LRS (drawn per
+    episode in training, each tested in turn), any other value itself."""
+    return RANDOM_INITIAL_LRS if initial_lr == 0 else (initial_lr,)
+
+
+def nearest_start(lr, starts=RANDOM_INITIAL_LRS):
+    """The start rate an episode's initial rate was drawn from (it carries noise of std lr/10)."""
+    return min(starts, key=lambda start: abs(math.log(lr / start)))
+
+
+# ----------------------------------------------------------------------------- observation and actions
+
+def observation_features(train_loss, val_loss, val_logits, prev_val_logits, output_weight, lr):
+    """The reference's 7 features, for a batch of E children (leading dimension E).
+
+    train_loss, val_loss, lr: (E,); val_logits: (E, N, C); prev_val_logits: the logits at the
+    previous observation, or None at the first; output_weight: (E, out, in). Variances are
+    population variances over all elements (numpy's np.var).
+    """
+    change = val_logits if prev_val_logits is None else val_logits - prev_val_logits
+    flat = lambda t: t.reshape(t.shape[0], -1)
+    return torch.stack([
+        train_loss,
+        val_loss,
+        flat(val_logits).var(1, correction=0),
+        flat(change).var(1, correction=0),
+        flat(output_weight).mean(1),
+        flat(output_weight).var(1, correction=0),
+        lr,
+    ], dim=1)
+
+
+def relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss, progress=None):
+    """The scale-free observation, from the reference's 7 features (E, 7) and the episode so far.
+
+    Losses enter only as log-ratios: training to validation loss, validation loss to the episode's
+    first one and to chance level (log of the number of classes), and the last block's
+    log-improvement log L(t-1) - log L(t); the predictions' change as the log of its variance relative
+    to theirs; the rate as log lr and log(lr / initial lr); optionally ``progress``, the fraction of the
+    episode done. A fresh child's ratios are 1 (features 0). Non-finite losses stay non-finite.
+    first_val_loss, prev_val_loss, initial_lr: (E,); chance_loss: a number; progress: (E,) or None.
+    """
+    train, val, prediction_var, change_var, _, _, lr = np.asarray(reference, dtype=np.float64).T
+    log = lambda ratio: np.log(np.maximum(ratio, TINY))  # NaN stays NaN
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        columns = [log(train / val), log(val / first_val_loss), log(val / chance_loss), log(prev_val_loss / val),
+                   log(change_var / prediction_var), np.log(lr), np.log(lr / initial_lr)]
+    if progress is not None:
+        columns.append(np.asarray(progress, dtype=np.float64))
+    return np.stack(columns, axis=1)
+
+
+def select_features(name, reference, first_val_loss, prev_val_loss, initial_lr, chance_loss, progress):
+    """The observation named ``name`` (a key of FEATURES) of E children, (E, len(FEATURES[name]))."""
+    if name == "reference":
+        return np.asarray(reference, dtype=np.float64)
+    return relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss,
+                             progress if name == "relative-progress" else None)
+
+
+def apply_action(lr, action, discrete, action_range, action_param="clip"):
+    """New learning rate(s) after an action: discrete 0 multiplies, 1 divides, 2 keeps.
+
+    A continuous action ``a`` is, with ``action_param="clip"`` (the reference), the factor itself
+    clipped to [1/range, range]: a policy at its initial mean 0 always divides. With ``"log"``
+    the factor is range ** clip(a, -1, 1): a = 0 keeps the rate, and the factor is symmetric in a.
+    """
+    action = np.asarray(action).reshape(np.shape(lr))  # one action per learning rate, (E,) or (E, 1)
+    if discrete:
+        factor = np.choose(action.astype(int), [action_range, 1 / action_range, 1.0])
+    elif action_param == "log":
+        factor = action_range ** np.clip(action, -1.0, 1.0)
+    else:
+        factor = np.clip(action, 1 / action_range, action_range)
+    return clip_lr(lr * factor)
+
+
+def action_bounds(action_param, action_range):
+    """The interval outside which a continuous action is clipped, (low, high)."""
+    return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
+
+
+# ----------------------------------------------------------------------------- the controller
+
+@dataclass(frozen=True, eq=False)
+class Controller:
+    """A trained (or untrained) PPO controller as a schedule: its action on the frozen-normalized
+    observation, the mode of its policy (``deterministic``) or a sample from it, applied to the
+    current rate. ``initial_lr``: the rate it starts from in an episode (None in the scheduler,
+    which takes the optimizer's)."""
+    agent: ActorCritic
+    normalizer: VecNormalizer
+    action_range: float
+    action_param: str = "clip"
+    features: str = "reference"  # the observation it expects (a key of FEATURES)
+    initial_lr: float | None = None
+    deterministic: bool = True
+
+    def starting_at(self, initial_lr, agent=None):
+        """This controller from rate ``initial_lr`` (with another policy ``agent``, if given)."""
+        return replace(self, initial_lr=initial_lr, agent=agent or self.agent)
+
+    def next_lr(self, obs, lr, step):
+        normalized = torch.as_tensor(self.normalizer.observation(np.asarray(obs)[None]))
+        action, _, _ = self.agent.act(normalized, deterministic=self.deterministic)
+        return float(apply_action(np.array([lr]), action.numpy(), self.agent.discrete,
+                                  self.action_range, self.action_param)[0])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def controller_state(agent, normalizer, action_range, action_param="clip", features="reference"):
+    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics and
+    the observation it expects (a key of FEATURES)."""
+    return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
+            "action_param": action_param, "features": features, "agent": agent.state_dict(),
+            "normalizer": normalizer.state_dict(), "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
+
+
+def read_controller_checkpoint(path):
+    """The dict ``controller_state`` saved at ``path``; a file that is not a controller checkpoint, or
+    is of another format, is a UserError."""
+    state = load_checkpoint(path, required=("format", "agent", "discrete"))
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
+    return state
+
+
+def controller_features(state):
+    """The observation a controller checkpoint expects; checkpoints from before feature sets: the reference's."""
+    return state.get("features", "reference")
+
+
+def load_controller(state, deterministic=True):
+    """The ``Controller`` of a ``controller_state`` dict, in eval mode with its normalizer frozen.
+    Checkpoints from before the action parametrization was saved act with "clip"; those from before
+    the feature sets observe the reference's features."""
+    agent = ActorCritic(state["agent"]["actor.0.weight"].shape[1], discrete=state["discrete"])
+    agent.load_state_dict(state["agent"])
+    normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
+    normalizer.load_state_dict(state["normalizer"])
+    normalizer.training = False
+    return Controller(agent.eval(), normalizer, state["action_range"], state.get("action_param", "clip"),
+                      controller_features(state), deterministic=deterministic)

@@ -1,0 +1,164 @@
+"""The controller's pieces (controller.py): its observations, actions, rate range and start rates,
+``Controller`` as a schedule, and the checkpoint that loads back as one."""
+import math
+from dataclasses import FrozenInstanceError
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+from controller import (FEATURES, LR_MAX, LR_MIN, RANDOM_INITIAL_LRS, Controller, apply_action, clip_lr,
+                        controller_state, load_controller, nearest_start, observation_features, relative_features,
+                        start_lrs)
+from ppo import ActorCritic, VecNormalizer
+
+
+# ----------------------------------------------------------------------------- rates
+
+def test_rates_are_clipped_to_the_controllers_range_or_a_lower_max():
+    np.testing.assert_array_equal(clip_lr(np.array([1.0, 1e-9, 3e-3])), [LR_MAX, LR_MIN, 3e-3])
+    assert clip_lr(0.05, max_lr=0.01) == 0.01 and (LR_MIN, LR_MAX) == (1e-5, 1e-1)
+
+
+def test_initial_lr_zero_stands_for_the_three_start_rates():
+    assert start_lrs(0) == RANDOM_INITIAL_LRS == (1e-2, 1e-3, 1e-4)
+    assert start_lrs(3e-3) == (3e-3,)
+    # a noisy start (std lr/10) maps back to the rate it was drawn from
+    assert [nearest_start(lr) for lr in (1.3e-2, 0.8e-3, 1.1e-4)] == [1e-2, 1e-3, 1e-4]
+
+
+# ----------------------------------------------------------------------------- observation and actions
+
+def test_observation_features_function():
+    torch.manual_seed(0)
+    logits, prev, weight = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 4, 6)
+    train_loss, val_loss, lr = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor([1e-3, 1e-2])
+    first = observation_features(train_loss, val_loss, logits, None, weight, lr).numpy()
+    later = observation_features(train_loss, val_loss, logits, prev, weight, lr).numpy()
+    for i in range(2):
+        expected = [train_loss[i], val_loss[i], np.var(logits[i].numpy()), np.var((logits[i] - prev[i]).numpy()),
+                    weight[i].mean(), np.var(weight[i].numpy()), lr[i]]
+        np.testing.assert_allclose(later[i], np.array(expected, dtype=np.float64), rtol=1e-5)
+        assert first[i, 3] == first[i, 2]
+
+
+@pytest.mark.parametrize("discrete,actions,action_range,factors", [
+    (True, [0, 1, 2], 1.05, [1.05, 1 / 1.05, 1.0]),
+    (True, [2, 0, 1], 2.0, [1.0, 2.0, 0.5]),
+    (False, [[2.0], [0.1], [1.02]], 1.05, [1.05, 1 / 1.05, 1.02]),
+    (False, [[3.0], [-1.0], [0.7]], 2.0, [2.0, 0.5, 0.7]),
+])
+def test_apply_action(discrete, actions, action_range, factors):
+    lr = np.array([1e-3, 2e-3, 4e-3])
+    np.testing.assert_allclose(apply_action(lr, np.array(actions), discrete, action_range),
+                               lr * np.array(factors), rtol=1e-12)
+
+
+def test_log_action_parametrization():
+    """factor = range ** clip(a, -1, 1): a = 0 keeps the rate, +-1 and beyond give range and 1/range,
+    and opposite actions give reciprocal factors."""
+    lr = np.full(6, 1e-3)
+    actions = np.array([[0.0], [1.0], [-1.0], [0.5], [-0.5], [7.0]])
+    new = apply_action(lr, actions, False, 1.05, "log")
+    np.testing.assert_allclose(new / lr, [1.0, 1.05, 1 / 1.05, 1.05 ** 0.5, 1.05 ** -0.5, 1.05], rtol=1e-12)
+
+
+@pytest.mark.parametrize("discrete,actions", [(True, [0, 1]), (False, [[5.0], [0.0]])])
+def test_apply_action_clips_the_learning_rate(discrete, actions):
+    lr = np.array([0.099, 1.02e-5])
+    np.testing.assert_array_equal(apply_action(lr, np.array(actions), discrete, 1.05), [LR_MAX, LR_MIN])
+    assert (LR_MIN, LR_MAX) == (1e-5, 1e-1)
+
+
+def test_relative_features_against_a_direct_computation():
+    reference = np.array([[0.5, 0.4, 2.0, 0.5, 0.0, 1e-3, 2e-3]])
+    got = relative_features(reference, first_val_loss=np.array([2.0]), prev_val_loss=np.array([0.8]),
+                            initial_lr=np.array([1e-3]), chance_loss=math.log(10), progress=np.array([0.25]))
+    expected = [math.log(0.5 / 0.4), math.log(0.4 / 2.0), math.log(0.4 / math.log(10)), math.log(0.8 / 0.4),
+                math.log(0.5 / 2.0), math.log(2e-3), math.log(2.0), 0.25]
+    np.testing.assert_allclose(got[0], expected, rtol=1e-12)
+    assert got.shape[1] == len(FEATURES["relative-progress"])
+
+
+def test_relative_features_do_not_change_when_the_losses_scale():
+    reference = np.array([[0.5, 0.4, 2.0, 0.5, 0.1, 1e-3, 2e-3]])
+    scaled = reference * [[7, 7, 1, 1, 1, 1, 1]]
+    args = dict(initial_lr=np.array([1e-3]), chance_loss=2.0)
+    a = relative_features(reference, np.array([2.0]), np.array([0.8]), **args)
+    b = relative_features(scaled, np.array([14.0]), np.array([5.6]), **args)
+    np.testing.assert_allclose(a[:, [0, 1, 3, 4, 5, 6]], b[:, [0, 1, 3, 4, 5, 6]], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the controller and its checkpoint
+
+def constant_action_controller(action, **changes):
+    """A continuous controller whose policy mean is ``action`` whatever it observes."""
+    agent = ActorCritic()
+    with torch.no_grad():
+        agent.actor[-1].weight.zero_()
+        agent.actor[-1].bias.fill_(action)
+    normalizer = VecNormalizer(7, 1)
+    normalizer.training = False
+    return Controller(agent.eval(), normalizer, 1.05, "log", **changes)
+
+
+def test_controller_applies_its_policys_mode_to_the_rate():
+    controller = constant_action_controller(0.5, initial_lr=1e-3)
+    assert controller.next_lr(np.ones(7), 2e-3, 0) == pytest.approx(2e-3 * 1.05 ** 0.5, rel=1e-6)
+    assert constant_action_controller(9.0).next_lr(np.ones(7), 0.099, 0) == LR_MAX  # clipped
+
+
+def test_controller_starting_at_another_rate_or_with_another_policy_shares_the_rest():
+    controller = constant_action_controller(0.5, features="relative")
+    other = ActorCritic()
+    moved = controller.starting_at(1e-2, agent=other)
+    assert (moved.initial_lr, moved.agent, moved.features) == (1e-2, other, "relative")
+    assert moved.normalizer is controller.normalizer and controller.initial_lr is None
+    assert controller.starting_at(1e-4).agent is controller.agent
+    with pytest.raises(FrozenInstanceError):
+        controller.initial_lr = 1e-3
+
+
+def perturbed_agent(discrete):
+    """An agent away from the near-uniform initial policy, so a wrong weight would show in its actions."""
+    torch.manual_seed(3)
+    agent = ActorCritic(discrete=discrete)
+    with torch.no_grad():
+        for param in agent.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    return agent
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_controller_checkpoint_round_trip(discrete, tmp_path):
+    agent = perturbed_agent(discrete)
+    normalizer = VecNormalizer(7, 4, clip=5.0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        normalizer.observation(rng.normal(1.0, 3.0, (4, 7)))
+    utils.save_checkpoint(tmp_path / "best.pt", controller_state(agent, normalizer, 1.07))
+    controller = load_controller(utils.load_checkpoint(tmp_path / "best.pt"))
+    loaded, loaded_normalizer = controller.agent, controller.normalizer
+    assert controller.action_range == 1.07 and loaded.discrete == discrete and not loaded.training
+    assert (controller.action_param, controller.features, controller.initial_lr) == ("clip", "reference", None)
+    assert loaded_normalizer.training is False and loaded_normalizer.clip == 5.0
+    normalizer.training = False
+    raw = rng.normal(1.0, 30.0, (50, 7))
+    obs = torch.as_tensor(normalizer.observation(raw))
+    np.testing.assert_array_equal(loaded_normalizer.observation(raw), obs.numpy())
+    assert obs.abs().max() == 5.0  # clipped at the saved clip
+    torch.testing.assert_close(loaded.act(obs, deterministic=True), agent.act(obs, deterministic=True), rtol=0, atol=0)
+    torch.manual_seed(7)
+    expected = agent.act(obs)
+    torch.manual_seed(7)
+    torch.testing.assert_close(loaded.act(obs), expected, rtol=0, atol=0)
+
+
+def test_a_checkpoint_records_the_features_and_actions_it_was_trained_with(tmp_path):
+    agent = ActorCritic(len(FEATURES["relative-progress"]))
+    normalizer = VecNormalizer(len(FEATURES["relative-progress"]), 1)
+    utils.save_checkpoint(tmp_path / "c.pt", controller_state(agent, normalizer, 1.25, "log", "relative-progress"))
+    controller = load_controller(utils.load_checkpoint(tmp_path / "c.pt"), deterministic=False)
+    assert (controller.features, controller.action_range, controller.action_param) == ("relative-progress", 1.25, "log")
+    assert controller.agent.actor[0].in_features == 8 and controller.deterministic is False
