@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import math
 import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from data import DATASETS, DEFAULT_VAL_SIZE
 from controller import ACTION_PARAMS, FEATURES
 from environment import REWARDS, EnvConfig
 from models import ARCHITECTURES
+from ppo import PPOConfig
 from runs import DEFAULT_SEED, RUN_ID_PATTERN
 from tasks import Task, check_task, parse_task, task_from_args
 
@@ -113,19 +115,10 @@ def add_controller_flags(p):
                    help="train on a mix of tasks, one --task each (keys: " + ", ".join(Task.__dataclass_fields__)
                         + "; keys left out take the flags' values); environments are shared out among them")
     g = p.add_argument_group("PPO")
-    g.add_argument("--ppo2-gamma", type=finite_float, default=1.0, help="discount factor")
-    g.add_argument("--ppo2-update-freq", type=int, default=100, help="rollout length per environment")
-    g.add_argument("--ppo2-ent-coef", type=finite_float, default=0.1, help="entropy coefficient")
-    g.add_argument("--ppo2-lr", type=finite_float, default=3e-3, help="controller Adam learning rate")
-    g.add_argument("--ppo2-total-timesteps", type=int, default=50000, help="controller steps over all envs")
-    g.add_argument("--ppo2-nminibatches", type=int, default=4, help="minibatches per PPO epoch")
-    g.add_argument("--ppo2-noptepochs", type=int, default=4, help="PPO epochs per rollout")
-    g.add_argument("--ppo2-cliprange", type=finite_float, default=10.0,
-                   help="PPO clip range (<= 0: no clipping), also the observation/reward clip unless --norm-clip")
-    g.add_argument("--ppo2-norm-obs", type=int, default=1, choices=(0, 1), help="normalize observations")
-    g.add_argument("--ppo2-norm-reward", type=int, default=1, choices=(0, 1), help="normalize rewards")
-    g.add_argument("--norm-clip", type=finite_float, default=None,
-                   help="clip of normalized observations and rewards (default: --ppo2-cliprange if > 0, else 10)")
+    for setting in fields(PPOConfig):
+        if setting.metadata["flag"]:
+            g.add_argument("--" + setting.metadata["flag"].replace("_", "-"), default=flag_value(setting.default),
+                           help=setting.metadata["help"], **FLAG_TYPES[setting.type])
     g = p.add_argument_group("experiment")
     g.add_argument("--preset", default="reference", choices=PRESETS,
                    help="named defaults, flags given explicitly win: " + "; ".join(
@@ -134,6 +127,15 @@ def add_controller_flags(p):
     g.add_argument("--tensorboard", action="store_true",
                    help="also write the metrics as TensorBoard scalars to runs/<id>/tb (needs: pip install tensorboard)")
     g.add_argument("--resume", default=None, metavar="ID", help="continue experiment ID with its saved settings")
+
+
+FLAG_TYPES = {int: {"type": int}, float: {"type": finite_float}, float | None: {"type": finite_float},
+              bool: {"type": int, "choices": (0, 1)}}  # argparse's view of a config field's type
+
+
+def flag_value(default):
+    """A config default as its flag holds it (a bool as 0 or 1, as the reference's flags)."""
+    return int(default) if isinstance(default, bool) else default
 
 
 def describe(values):

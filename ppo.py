@@ -6,7 +6,7 @@ wrapper that applies it to an environment), ``RolloutBuffer`` with GAE, ``ppo_up
 surrogate, clipped value loss, entropy bonus, gradient clipping). The controller it trains, and its
 checkpoint, are controller.py's.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ VALUE_COEF = 0.5
 MAX_GRAD_NORM = 0.5
 NORM_EPSILON = 1e-8  # VecNormalize's, under the variance
 ADVANTAGE_EPSILON = 1e-8  # PPO2's, under the minibatch's advantage std
+ADAM_EPSILON = 1e-5  # PPO2's Adam epsilon
 REFERENCE_OBS_DIM = 7  # the reference's observation (controller.REFERENCE_FEATURES)
 DEFAULT_CLIP = 10.0
 
@@ -223,14 +224,45 @@ class RolloutBuffer:
                 "values": flat(self.values), "advantages": flat(advantages), "returns": flat(returns)}
 
 
-@dataclass
+def setting(default, flag=None, help=""):
+    """A PPOConfig field: its default, the train.py flag that sets it (its argparse dest, the
+    reference's name; None: not a flag) and what it means (the flag's help)."""
+    return field(default=default, metadata={"flag": flag, "help": help})
+
+
+@dataclass(frozen=True)
 class PPOConfig:
-    clip_range: float = 10.0
-    ent_coef: float = 0.1
-    vf_coef: float = VALUE_COEF
-    num_minibatches: int = 4
-    num_epochs: int = 4
-    max_grad_norm: float = MAX_GRAD_NORM
+    """PPO2's hyperparameters with the reference's defaults, each default here only: flags.py builds
+    train.py's PPO flags from these fields (``--ppo2-noptepochs`` sets ``num_epochs``), and
+    ``from_args`` reads them back."""
+    gamma: float = setting(1.0, "ppo2_gamma", "discount factor")
+    rollout_steps: int = setting(100, "ppo2_update_freq", "rollout length per environment")
+    ent_coef: float = setting(0.1, "ppo2_ent_coef", "entropy coefficient")
+    learning_rate: float = setting(3e-3, "ppo2_lr", "controller Adam learning rate")
+    total_timesteps: int = setting(50000, "ppo2_total_timesteps", "controller steps over all envs")
+    num_minibatches: int = setting(4, "ppo2_nminibatches", "minibatches per PPO epoch")
+    num_epochs: int = setting(4, "ppo2_noptepochs", "PPO epochs per rollout")
+    clip_range: float = setting(10.0, "ppo2_cliprange", "PPO clip range (<= 0: no clipping), also the "
+                                "observation/reward clip unless --norm-clip")
+    norm_obs: bool = setting(True, "ppo2_norm_obs", "normalize observations")
+    norm_reward: bool = setting(True, "ppo2_norm_reward", "normalize rewards")
+    norm_clip: float | None = setting(None, "norm_clip", "clip of normalized observations and rewards "
+                                      "(default: --ppo2-cliprange if > 0, else 10)")
+    vf_coef: float = setting(VALUE_COEF, help="value loss coefficient")
+    max_grad_norm: float = setting(MAX_GRAD_NORM, help="gradient norm clip")
+
+    @classmethod
+    def from_args(cls, args):
+        """The config of train.py's parsed flags (fields without a flag keep their defaults)."""
+        flagged = [f for f in fields(cls) if f.metadata["flag"]]
+        return cls(**{f.name: f.type(getattr(args, f.metadata["flag"])) if f.type in (bool, int, float)
+                      else getattr(args, f.metadata["flag"]) for f in flagged})
+
+    @property
+    def normalizer_clip(self):
+        """Where normalized observations and rewards are clipped: --norm-clip, else the PPO clip range
+        (the reference's one ``cliprange`` for both), else DEFAULT_CLIP when PPO does not clip."""
+        return self.norm_clip or (self.clip_range if self.clip_range > 0 else DEFAULT_CLIP)
 
 
 def ppo_loss(agent, minibatch, config):

@@ -7,9 +7,10 @@ Writes runs/<experiment-id>/: args.json, episodes.jsonl and updates.jsonl (metri
 checkpoints/{latest,best,step-*}.pt and progress.png.
 """
 import json
+import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from data import data_source
 from controller import controller_state, nearest_start, start_lrs
 from environment import EnvConfig, TaskMixVecEnv, VecALRSEnv
 from plots import plot_training
-from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
+from ppo import (ADAM_EPSILON, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  policy_statistics, ppo_update)
 from runs import (BEST_WINDOW, SEED_STRIDE, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state,
                   new_run_dir, save_training_state)
@@ -32,6 +33,7 @@ from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl,
                    save_checkpoint)
 
 NUM_PERIODIC_CHECKPOINTS = 10
+PLOT_INTERVAL_S = 60  # progress.png is redrawn at a periodic checkpoint at most this often (and at the end)
 EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean", "lr_scale")
 
 
@@ -143,168 +145,266 @@ def make_envs(args, tasks, seeds, device):
     return TaskMixVecEnv(envs, [task.name for task in tasks])
 
 
+@dataclass
+class Learner:
+    """The controller being trained and what trains it: the policy, its optimizer, the normalizer
+    with the environments it wraps, the rollout buffer and PPO's hyperparameters."""
+    agent: ActorCritic
+    optimizer: torch.optim.Optimizer
+    normalizer: VecNormalizer
+    raw_envs: TaskMixVecEnv
+    envs: NormalizedVecEnv
+    buffer: RolloutBuffer
+    config: PPOConfig
+
+
+@dataclass
+class Progress:
+    """Where training stands: the next update, episodes so far, the best windowed score (best.pt's),
+    the recent finals it is computed from, and the environments' current observations."""
+    update: int
+    episodes: int
+    best_val: float
+    recent: RecentFinals
+    obs: np.ndarray
+    done: np.ndarray
+
+
+@dataclass
+class Run:
+    """One process's view of the experiment: its folder and files, the world it runs in, and the
+    update plan (PPO updates, and controller steps of all ranks per update)."""
+    dir: Path
+    rank: int
+    world: int
+    num_updates: int
+    steps_per_update: int
+    plotted_at: float = -math.inf  # when progress.png was last drawn (time.monotonic)
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    @property
+    def checkpoints(self):
+        return self.dir / "checkpoints"
+
+    @property
+    def episodes_path(self):
+        return self.dir / "episodes.jsonl"
+
+    @property
+    def updates_path(self):
+        return self.dir / "updates.jsonl"
+
+
 def train(args, device):
     """Train a controller; under torchrun, every rank runs its own environments (DD-PPO) and rank 0
     alone writes the experiment folder."""
-    main_rank, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     args, run_dir = resumed_args(args) if args.resume else (args, None)
-    if main_rank:
+    if distributed.is_main():
         check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
-    tasks = training_tasks(args)
+    config, tasks = PPOConfig.from_args(args), training_tasks(args)
+    raw_envs, run = open_run(args, config, tasks, run_dir, device)
+    learner = build_learner(args, config, raw_envs, run.rank)
+    controller = lambda: controller_state(learner.agent, learner.normalizer, args.action_range, args.action_param,
+                                          args.features)
+    bar = board = None
+    try:
+        progress = restore(learner, run, start_lrs(args.initial_lr), device) if args.resume else \
+            start(learner, run, start_lrs(args.initial_lr), controller())
+        if run.main:
+            for path in (run.episodes_path, run.updates_path):
+                keep_records_before(path, progress.update)
+            if args.tensorboard:
+                board = TensorBoardLog(run.dir / "tb", purge_step=progress.update * run.steps_per_update)
+        bar = tqdm(total=run.num_updates * run.steps_per_update, initial=progress.update * run.steps_per_update,
+                   unit="step", desc="controller", dynamic_ncols=True, disable=not run.main)
+        for update in range(progress.update, run.num_updates):
+            started = time.perf_counter()
+            episodes, improved = collect_episodes(learner, progress, run, update, bar)
+            if improved and run.main:  # best.pt: the policy that produced these episodes, before the update
+                save_checkpoint(run.checkpoints / "best.pt", {**controller(), "val_loss": progress.best_val,
+                                                              "timesteps": (update + 1) * run.steps_per_update})
+            stats = update_policy(learner, progress, run, update, episodes, started)
+            ranks = distributed.all_gather(rank_state(raw_envs, learner.normalizer, progress.obs, progress.done))
+            if run.main:
+                write_update(run, learner, progress, episodes, stats, ranks, controller(), device, board)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        report_stop(args, run)
+        raise
+    finally:
+        if bar:
+            bar.close()
+        if board:
+            board.close()
+    distributed.check_identical(torch.nn.utils.parameters_to_vector(learner.agent.parameters()), "the controller")
+    report_done(args, tasks, run, progress)
+
+
+def open_run(args, config, tasks, run_dir, device):
+    """This rank's environments (its own seeds) and the experiment folder: rank 0 creates it once the
+    data loaded (or reopens the resumed one) and tells the others its name."""
+    rank, world = distributed.rank(), distributed.world_size()
     print("loading " + ", ".join(f"{t.name} ({data_source(t.dataset, args.data_dir)})" for t in tasks) + " ...",
           flush=True)
     seeds = [args.seed * SEED_STRIDE + rank * args.num_envs + i for i in range(args.num_envs)]
     raw_envs = make_envs(args, tasks, seeds, device)
-    if main_rank:
-        run_dir = run_dir or new_run_dir(args)  # created only once the data loaded
+    if rank == 0:
+        run_dir = run_dir or new_run_dir(args)
     run_dir = Path(distributed.broadcast(str(run_dir)))
     print(f"experiment id: {run_dir.name}  ({run_dir})" + (f", {world} processes" if world > 1 else ""), flush=True)
-
-    num_envs, num_steps = args.num_envs, args.ppo2_update_freq
-    steps_per_update = world * num_envs * num_steps  # controller steps of all ranks per PPO update
-    num_updates = args.ppo2_total_timesteps // steps_per_update
+    steps_per_update = world * args.num_envs * config.rollout_steps  # controller steps of all ranks per update
+    num_updates = config.total_timesteps // steps_per_update
     if num_updates == 0:
-        raise UserError(f"--ppo2-total-timesteps {args.ppo2_total_timesteps} is less than one rollout of "
-                        f"{world} processes x {num_envs} environments x {num_steps} steps")
+        raise UserError(f"--ppo2-total-timesteps {config.total_timesteps} is less than one rollout of "
+                        f"{world} processes x {args.num_envs} environments x {config.rollout_steps} steps")
+    return raw_envs, Run(run_dir, rank, world, num_updates, steps_per_update)
+
+
+def build_learner(args, config, raw_envs, rank):
+    """The policy (the same initial weights on every rank), its Adam, the normalizer (statistics merged
+    over the ranks) around the environments, and the rollout buffer."""
     obs_dim = raw_envs.observation_space.shape[0]
-    agent = ActorCritic(obs_dim, discrete=bool(args.discrete))  # the same initial weights on every rank
+    agent = ActorCritic(obs_dim, discrete=bool(args.discrete))
     if rank > 0:
         torch.manual_seed(args.seed * SEED_STRIDE + rank)  # its own action noise and minibatch order
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.ppo2_lr, eps=1e-5)
-    clip = args.norm_clip or (args.ppo2_cliprange if args.ppo2_cliprange > 0 else DEFAULT_CLIP)
-    normalizer = VecNormalizer(obs_dim, num_envs, bool(args.ppo2_norm_obs), bool(args.ppo2_norm_reward),
-                               args.ppo2_gamma, clip, merge=distributed.merge_moments)
-    envs = NormalizedVecEnv(raw_envs, normalizer)
-    config = PPOConfig(clip_range=args.ppo2_cliprange, ent_coef=args.ppo2_ent_coef,
-                       num_minibatches=args.ppo2_nminibatches, num_epochs=args.ppo2_noptepochs)
-    action_bounds = () if args.discrete else (raw_envs.action_space.low, raw_envs.action_space.high)
-    buffer = RolloutBuffer(num_steps, num_envs, obs_dim, () if args.discrete else (1,))
-    periodic_every = max(1, num_updates // NUM_PERIODIC_CHECKPOINTS)
-    checkpoints = run_dir / "checkpoints"
-    episodes_path, updates_path = run_dir / "episodes.jsonl", run_dir / "updates.jsonl"
-    controller = lambda: controller_state(agent, normalizer, args.action_range, args.action_param, args.features)
-    starts = start_lrs(args.initial_lr)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=ADAM_EPSILON)
+    normalizer = VecNormalizer(obs_dim, args.num_envs, config.norm_obs, config.norm_reward, config.gamma,
+                               config.normalizer_clip, merge=distributed.merge_moments)
+    buffer = RolloutBuffer(config.rollout_steps, args.num_envs, obs_dim, () if args.discrete else (1,))
+    return Learner(agent, optimizer, normalizer, raw_envs, NormalizedVecEnv(raw_envs, normalizer), buffer, config)
 
-    def report_stop():
-        """What Ctrl-C prints (rank 0): how to continue, or that there is nothing to continue yet."""
-        if not main_rank:
-            return
-        launcher = "python train.py" if world == 1 else f"torchrun --nproc-per-node {world} train.py"
-        resume = flags.command_line("train", {"resume": run_dir.name, "runs_dir": args.runs_dir})
-        resume = resume.replace("python train.py", launcher, 1)
-        done_updates = len(read_jsonl(updates_path))
-        if done_updates == 0:
-            print(f"stopped before the first update; {resume} starts it from the beginning", file=sys.stderr)
-        else:
-            print(f"stopped after {done_updates} updates; continue with: {resume}", file=sys.stderr)
 
-    state = load_training_state(run_dir, device.type) if args.resume else None
-    if state is not None:
-        if state.get("world_size", 1) != world:
-            raise UserError(f"{run_dir.name} ran with {state.get('world_size', 1)} process(es); resume it with as "
-                            f"many (torchrun --nproc-per-node {state.get('world_size', 1)})")
-        mine = state if rank == 0 else state["other_ranks"][rank - 1]
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        normalizer.load_state_dict(state["normalizer"])
-        if rank > 0:
-            normalizer.returns = mine["returns"].numpy().copy()
-        raw_envs.load_state_dict(mine["env"])
-        torch.set_rng_state(mine["torch_rng"])
-        start_update, num_episodes, best_val = state["update"], state["episodes"], state["best_val_loss"]
-        recent = RecentFinals(raw_envs.task_names, starts, losses=state["recent_finals"])
-        obs, done = mine["obs"].numpy(), mine["done"].numpy()
-        print(f"resuming at update {start_update}/{num_updates} ({start_update * steps_per_update} steps)")
-    else:
-        start_update, num_episodes, best_val, recent = 0, 0, float("inf"), RecentFinals(raw_envs.task_names, starts)
-        if main_rank:
-            save_checkpoint(checkpoints / UNTRAINED_CHECKPOINT, {**controller(), "timesteps": 0, "val_loss": None})
-        try:
-            obs, _ = envs.reset()
-        except KeyboardInterrupt:
-            report_stop()
-            raise
-        done = np.zeros(num_envs, dtype=bool)
-    board = None
-    if main_rank:
-        for path in (episodes_path, updates_path):
-            keep_records_before(path, start_update)
-        if args.tensorboard:
-            board = TensorBoardLog(run_dir / "tb", purge_step=start_update * steps_per_update)
+def start(learner, run, starts, untrained):
+    """A fresh start: rank 0 saves the untrained controller (test.py's control), and the environments
+    reset."""
+    if run.main:
+        save_checkpoint(run.checkpoints / UNTRAINED_CHECKPOINT, {**untrained, "timesteps": 0, "val_loss": None})
+    obs, _ = learner.envs.reset()
+    return Progress(0, 0, float("inf"), RecentFinals(learner.raw_envs.task_names, starts), obs,
+                    np.zeros(learner.raw_envs.num_envs, dtype=bool))
 
-    progress = tqdm(total=num_updates * steps_per_update, initial=start_update * steps_per_update,
-                    unit="step", desc="controller", dynamic_ncols=True, disable=not main_rank)
 
-    def show_progress(infos):
-        progress.update(num_envs * world)
+def restore(learner, run, starts, device):
+    """Load the run's training state into ``learner`` (this rank's environments, random generator and
+    running returns from its own part) and return where it stood."""
+    state = load_training_state(run.dir, device.type)
+    if state.get("world_size", 1) != run.world:
+        raise UserError(f"{run.dir.name} ran with {state.get('world_size', 1)} process(es); resume it with as "
+                        f"many (torchrun --nproc-per-node {state.get('world_size', 1)})")
+    mine = state if run.rank == 0 else state["other_ranks"][run.rank - 1]
+    learner.agent.load_state_dict(state["agent"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.normalizer.load_state_dict(state["normalizer"])
+    if run.rank > 0:
+        learner.normalizer.returns = mine["returns"].numpy().copy()
+    learner.raw_envs.load_state_dict(mine["env"])
+    torch.set_rng_state(mine["torch_rng"])
+    progress = Progress(state["update"], state["episodes"], state["best_val_loss"],
+                        RecentFinals(learner.raw_envs.task_names, starts, losses=state["recent_finals"]),
+                        mine["obs"].numpy(), mine["done"].numpy())
+    print(f"resuming at update {progress.update}/{run.num_updates} ({progress.update * run.steps_per_update} steps)")
+    return progress
+
+
+def collect_episodes(learner, progress, run, update, bar):
+    """One rollout on every rank; ``progress`` moves on (observations, episodes, recent finals, best
+    score). Returns every rank's ended episodes as records, and whether the best score improved."""
+    num_envs = learner.raw_envs.num_envs
+
+    def show(infos):
+        bar.update(num_envs * run.world)
         if infos:
-            progress.set_postfix(last_val_loss=f"{infos[-1]['final_val_loss']:.4f}")
+            bar.set_postfix(last_val_loss=f"{infos[-1]['final_val_loss']:.4f}")
 
-    try:
-        for update in range(start_update, num_updates):
-            started = time.perf_counter()
-            obs, done, ended = collect_rollout(envs, agent, buffer, obs, done, show_progress)
-            ended = all_ranks_episodes(ended, num_envs)
-            episodes = [episode_record(update, step, env, info, world * num_envs, num_steps, num_episodes + n + 1)
-                        for n, (step, env, info) in enumerate(ended)]
-            num_episodes += len(episodes)
-            timesteps = (update + 1) * steps_per_update
-            finished = [e for e in episodes if e["final_val_loss"] is not None]
-            mean_val = float(np.mean([e["final_val_loss"] for e in finished])) if finished else None
-            for e in finished:
-                recent.add(e["task"], e["initial_lr"], e["final_val_loss"])
-            score = recent.score()
-            if score is not None and score < best_val:
-                # the policy that produced the latest episodes, before this rollout's update changes it
-                best_val = score
-                if main_rank:
-                    save_checkpoint(checkpoints / "best.pt",
-                                    {**controller(), "timesteps": timesteps, "val_loss": best_val})
-            with torch.no_grad():
-                last_value = agent.value(torch.as_tensor(obs))
-            batch = buffer.batch(last_value, done, args.ppo2_gamma)
-            behaviour = policy_statistics(agent, batch["obs"], batch["actions"], *action_bounds)
-            stats = ppo_update(agent, optimizer, batch, config,  # rank 0's statistics
-                               reduce_gradients=distributed.average_gradients)
-            stats.update(behaviour, update=update, timesteps=timesteps, episodes=num_episodes,
-                         mean_final_val_loss=mean_val, world_size=world,
-                         steps_per_second=steps_per_update / (time.perf_counter() - started))
-            ranks = distributed.all_gather(rank_state(raw_envs, normalizer, obs, done))
-            if not main_rank:
-                continue
-            for record in episodes:
-                append_jsonl(episodes_path, record)
-            append_jsonl(updates_path, stats)
-            if board:
-                board.add(episodes, stats)
-            own = {key: value for key, value in ranks[0].items() if key != "returns"}  # in the normalizer's state
-            save_training_state(run_dir, {
-                **controller(), **own, "optimizer": optimizer.state_dict(), "update": update + 1,
-                "episodes": num_episodes, "best_val_loss": best_val, "recent_finals": recent.losses,
-                "device": device.type, "timesteps": timesteps, "world_size": world, "other_ranks": ranks[1:]})
-            if (update + 1) % periodic_every == 0 or update + 1 == num_updates:
-                name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
-                save_checkpoint(checkpoints / name, {**controller(), "timesteps": timesteps, "val_loss": mean_val})
-                plot_training(read_jsonl(episodes_path), read_jsonl(updates_path), run_dir / "progress.png",
-                              run_dir.name)
-    except KeyboardInterrupt:
-        progress.close()
-        report_stop()
-        raise
-    finally:
-        progress.close()
-        if board:
-            board.close()
-    distributed.check_identical(torch.nn.utils.parameters_to_vector(agent.parameters()), "the controller")
-    if world > 1:
-        print(f"the controller is identical on all {world} processes")
-    best = f"none (fewer than {BEST_WINDOW} episodes per initial rate)" if best_val == float("inf") else f"{best_val:.4f}"
-    print(f"done: {num_episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes per initial rate "
-          f"{best}; "
-          f"checkpoints in {checkpoints}")
+    progress.obs, progress.done, ended = collect_rollout(learner.envs, learner.agent, learner.buffer, progress.obs,
+                                                         progress.done, show)
+    episodes = [episode_record(update, step, env, info, run.world * num_envs, learner.config.rollout_steps,
+                               progress.episodes + n + 1)
+                for n, (step, env, info) in enumerate(all_ranks_episodes(ended, num_envs))]
+    progress.episodes += len(episodes)
+    finished = [e for e in episodes if e["final_val_loss"] is not None]
+    for e in finished:
+        progress.recent.add(e["task"], e["initial_lr"], e["final_val_loss"])
+    score = progress.recent.score()
+    improved = score is not None and score < progress.best_val
+    progress.best_val = score if improved else progress.best_val
+    return episodes, improved
+
+
+def update_policy(learner, progress, run, update, episodes, started):
+    """PPO's update on the rollout in the buffer (gradients averaged over the ranks); returns the
+    update's line of updates.jsonl (rank 0's statistics)."""
+    agent, raw_envs = learner.agent, learner.raw_envs
+    with torch.no_grad():
+        last_value = agent.value(torch.as_tensor(progress.obs))
+    batch = learner.buffer.batch(last_value, progress.done, learner.config.gamma)
+    bounds = () if agent.discrete else (raw_envs.action_space.low, raw_envs.action_space.high)
+    behaviour = policy_statistics(agent, batch["obs"], batch["actions"], *bounds)
+    stats = ppo_update(agent, learner.optimizer, batch, learner.config, reduce_gradients=distributed.average_gradients)
+    finished = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
+    mean_val = float(np.mean(finished)) if finished else None
+    stats.update(behaviour, update=update, timesteps=(update + 1) * run.steps_per_update,
+                 episodes=progress.episodes, mean_final_val_loss=mean_val, world_size=run.world,
+                 steps_per_second=run.steps_per_update / (time.perf_counter() - started))
+    progress.update = update + 1
+    return stats
+
+
+def write_update(run, learner, progress, episodes, stats, ranks, controller, device, board):
+    """Rank 0's files after an update: the metrics, the training state (with every rank's part), and
+    every tenth of the run a periodic checkpoint and progress.png (drawing takes about a second: at
+    most once a minute, and always after the last update)."""
+    for record in episodes:
+        append_jsonl(run.episodes_path, record)
+    append_jsonl(run.updates_path, stats)
+    if board:
+        board.add(episodes, stats)
+    own = {key: value for key, value in ranks[0].items() if key != "returns"}  # in the normalizer's state
+    timesteps = stats["timesteps"]
+    save_training_state(run.dir, {
+        **controller, **own, "optimizer": learner.optimizer.state_dict(), "update": progress.update,
+        "episodes": progress.episodes, "best_val_loss": progress.best_val, "recent_finals": progress.recent.losses,
+        "device": device.type, "timesteps": timesteps, "world_size": run.world, "other_ranks": ranks[1:]})
+    periodic_every = max(1, run.num_updates // NUM_PERIODIC_CHECKPOINTS)
+    if progress.update % periodic_every == 0 or progress.update == run.num_updates:
+        mean_val = stats["mean_final_val_loss"]
+        name = f"step-{timesteps:07d}_val-{mean_val if mean_val is not None else float('nan'):.4f}.pt"
+        save_checkpoint(run.checkpoints / name, {**controller, "timesteps": timesteps, "val_loss": mean_val})
+        if progress.update == run.num_updates or time.monotonic() - run.plotted_at >= PLOT_INTERVAL_S:
+            plot_training(read_jsonl(run.episodes_path), read_jsonl(run.updates_path), run.dir / "progress.png",
+                          run.dir.name)
+            run.plotted_at = time.monotonic()
+
+
+def report_stop(args, run):
+    """What Ctrl-C prints (rank 0): how to continue, or that there is nothing to continue yet."""
+    if not run.main:
+        return
+    launcher = "python train.py" if run.world == 1 else f"torchrun --nproc-per-node {run.world} train.py"
+    resume = flags.command_line("train", {"resume": run.dir.name, "runs_dir": args.runs_dir})
+    resume = resume.replace("python train.py", launcher, 1)
+    done_updates = len(read_jsonl(run.updates_path))
+    if done_updates == 0:
+        print(f"stopped before the first update; {resume} starts it from the beginning", file=sys.stderr)
+    else:
+        print(f"stopped after {done_updates} updates; continue with: {resume}", file=sys.stderr)
+
+
+def report_done(args, tasks, run, progress):
+    """The closing lines: episodes, the best score, where the checkpoints are and how to evaluate them."""
+    if run.world > 1:
+        print(f"the controller is identical on all {run.world} processes")
+    has_best = progress.best_val < float("inf")
+    best = f"{progress.best_val:.4f}" if has_best else f"none (fewer than {BEST_WINDOW} episodes per initial rate)"
+    print(f"done: {progress.episodes} episodes; best mean final validation loss over {BEST_WINDOW} episodes per "
+          f"initial rate {best}; checkpoints in {run.checkpoints}")
     print("evaluate: sweep the baselines of a setting once, then test the controller on it:\n  "
-          + "\n  ".join(evaluation_commands(args, tasks, run_dir.name, has_best=best_val < float("inf"))))
+          + "\n  ".join(evaluation_commands(args, tasks, run.dir.name, has_best)))
 
 
 def evaluation_commands(args, tasks, run_id, has_best=True):

@@ -1,14 +1,22 @@
-"""Tiny datasets in the real on-disk formats, written by the tests themselves.
+"""What the tests share: tiny datasets in the real on-disk formats, written by the tests themselves,
+and the scripts' command lines run in-process with tiny settings.
 
 Images carry their class as a bright square at a class-dependent place plus noise, so a child
 network learns them within a few steps.
 """
+import contextlib
+import functools
 import gzip
+import importlib.util
+import io
+import json
 import os
 import pickle
+import re
 import struct
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +28,9 @@ sys.path.insert(0, str(ROOT))
 # Tiny tensors: one thread is faster, and a second one only spins (it doubled the suite's CPU time).
 os.environ["OMP_NUM_THREADS"] = "1"  # for the scripts the tests start as subprocesses
 torch.set_num_threads(1)
+
+from utils import run_cli  # noqa: E402  (after the path to the project)
+
 
 
 def make_images(num, channels, size, num_classes=10, seed=0):
@@ -82,6 +93,16 @@ def write_image_folder(root, size=40, mode="RGB", num_classes=3, per_class=(30, 
     return Path(root)
 
 
+class Exploit:
+    """Pickles as a call of ``function(*args)``: what a malicious batch file would run on load."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
     """A --data-dir with tiny Fashion-MNIST (raw IDX) and MNIST (.gz) in torchvision's layout."""
@@ -90,3 +111,43 @@ def mnist_dir(tmp_path_factory):
     write_mnist(root, "MNIST", compress=True)
     write_cifar(root)
     return root
+
+
+# ----------------------------------------------------------------------------- the scripts, tiny
+
+TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
+        "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
+TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "64", "--ppo2-nminibatches", "2"]
+TINY_GRID = ["--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "--discount-factors", "0.5"]
+
+
+@functools.cache
+def load_script(script):
+    """A top-level script as a module (test.py by path: the standard library has a ``test`` package)."""
+    spec = importlib.util.spec_from_file_location(f"alrs_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(script, *args, check=True):
+    """Run ``script`` with these arguments in this process, as ``python script args`` would (run_cli's
+    one-line errors and exit codes); returns returncode, stdout and stderr."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(load_script(script).main, [str(a) for a in args], prog=script)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    result = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def experiment_id(stdout):
+    return re.search(r"experiment id: (\S+)", stdout).group(1)
+
+
+def jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -1,8 +1,5 @@
 """The scripts end to end through their command lines (``main(argv)`` in-process, as the shell runs
 it through run_cli), their errors, and resuming after SIGKILL and Ctrl-C (real subprocesses)."""
-import contextlib
-import importlib.util
-import io
 import json
 import math
 import re
@@ -12,62 +9,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import flags
-from conftest import ROOT, write_image_folder
-from utils import append_jsonl, run_cli
-
-TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
-        "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
-TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "64", "--ppo2-nminibatches", "2"]
-TINY_GRID = ["--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "--discount-factors", "0.5"]
-
-
-def load_script(script):
-    """A top-level script as a module (test.py by path: the standard library has a ``test`` package)."""
-    spec = importlib.util.spec_from_file_location(f"alrs_{Path(script).stem}", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPTS = {name: load_script(name) for name in ("train.py", "baselines.py", "test.py", "bench.py")}
-
-
-def run(script, *args, check=True):
-    """Run ``script`` with these arguments in this process, as ``python script args`` would (run_cli's
-    one-line errors and exit codes); returns returncode, stdout and stderr."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(SCRIPTS[script].main, [str(a) for a in args], prog=script)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    result = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def experiment_id(stdout):
-    return re.search(r"experiment id: (\S+)", stdout).group(1)
-
-
-def jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
+from conftest import (ROOT, TINY, TINY_GRID, TINY_PPO, experiment_id, jsonl, load_script, run,
+                      write_image_folder)
+from utils import append_jsonl
 
 @pytest.fixture(scope="module")
 def trained(mnist_dir, tmp_path_factory):
-    """One tiny controller trained on fa-mnist/cnn from random initial rates, and the baselines."""
+    """One tiny controller trained on fa-mnist/mlp from random initial rates, and the baselines."""
     runs = tmp_path_factory.mktemp("runs")
-    common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY]
+    common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY, "--architecture", "mlp"]
     # 80 episodes from random initial rates: enough for best.pt's 16 per rate
     out = run("train.py", *common, *TINY_PPO, "--initial-lr", "0", "--ppo2-total-timesteps", "320").stdout
     run("baselines.py", *common, *TINY_GRID)
@@ -77,7 +33,7 @@ def trained(mnist_dir, tmp_path_factory):
 def test_train_writes_metrics_checkpoints_and_figure(trained):
     runs, run_id, _ = trained
     run_dir = runs / run_id
-    assert json.loads((run_dir / "args.json").read_text())["architecture"] == "cnn"
+    assert json.loads((run_dir / "args.json").read_text())["architecture"] == "mlp"
     updates = jsonl(run_dir / "updates.jsonl")
     assert [u["update"] for u in updates] == list(range(40))  # 320 steps / (2 envs x 4)
     for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
@@ -130,7 +86,7 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
     assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4}\s", out, re.M), out
     table = out.split("lower loss is better")[1].split("\nsaved ")[0]  # the lines before name paths
     assert max(map(len, table.splitlines())) <= 120 and "paired differences of final validation loss" in table
-    folder = runs / run_id / "test" / "fa-mnist_cnn_best_deterministic"
+    folder = runs / run_id / "test" / "fa-mnist_mlp_best_deterministic"
     result = json.loads((folder / "results.json").read_text())
     assert not result["transfer"] and len(result["seeds"]) == 2 and result["mode"] == "deterministic"
     for lr in ("0.01", "0.001", "0.0001"):  # trained with --initial-lr 0: tested from each rate
@@ -167,7 +123,7 @@ def test_untrained_row_is_the_initial_policy_and_sampling_is_seeded(trained):
         run("test.py", *args, "--test-deterministic", mode)
         name = "deterministic" if mode == "1" else "sampled"
         results.setdefault(name, []).append(json.loads(
-            (runs / run_id / "test" / f"fa-mnist_cnn_step-0000000_untrained_{name}" / "results.json").read_text()))
+            (runs / run_id / "test" / f"fa-mnist_mlp_step-0000000_untrained_{name}" / "results.json").read_text()))
     deterministic, sampled = results["deterministic"][0]["runs"], results["sampled"][0]["runs"]
     rates = ("0.01", "0.001", "0.0001")
     for lr in rates:
@@ -286,8 +242,17 @@ def test_unknown_test_id_lists_the_experiments(trained):
     assert_one_line_error(run("test.py", *common, "--test-id", "nope", check=False), "'nope'", run_id)
 
 
-def test_damaged_checkpoints_are_refused(trained):
+def own_copy(trained, tmp_path):
+    """The trained fixture's experiment and baselines copied under ``tmp_path``, for a test that writes
+    into them."""
     runs, run_id, common = trained
+    for folder in (run_id, "baselines"):
+        shutil.copytree(runs / folder, tmp_path / "runs" / folder)
+    return tmp_path / "runs", run_id, [*common, "--runs-dir", tmp_path / "runs"]
+
+
+def test_damaged_checkpoints_are_refused(trained, tmp_path):
+    runs, run_id, common = own_copy(trained, tmp_path)
     checkpoints = runs / run_id / "checkpoints"
     (checkpoints / "truncated.pt").write_bytes((checkpoints / "best.pt").read_bytes()[:300])
     torch.save({"weights": torch.zeros(2)}, checkpoints / "foreign.pt")
@@ -438,12 +403,11 @@ def test_an_unwritable_output_folder_is_a_one_line_error_before_any_work(mnist_d
         result = run(script, "--data-dir", mnist_dir, "--runs-dir", blocked / "runs", *TINY, *extra, check=False)
         assert_one_line_error(result, "cannot write to", str(blocked))
         assert "loading" not in result.stdout
-    runs, run_id, common = trained
+    runs, run_id, common = own_copy(trained, tmp_path)
     (runs / run_id / "test").mkdir(exist_ok=True)
-    (runs / run_id / "test" / "fa-mnist_cnn_latest_deterministic").write_text("in the way")
+    (runs / run_id / "test" / "fa-mnist_mlp_latest_deterministic").write_text("in the way")
     result = run("test.py", *common, "--test-id", run_id, "--test-schedule", "latest", check=False)
     assert_one_line_error(result, "cannot write to")
-    (runs / run_id / "test" / "fa-mnist_cnn_latest_deterministic").unlink()
 
 
 def test_an_image_folder_name_with_spaces_gives_a_plain_experiment_id(tmp_path):
@@ -476,7 +440,7 @@ def test_printed_hints_work_as_printed(mnist_dir, tmp_path, timesteps=64, checkp
 def test_ctrl_c_before_the_first_update_says_there_is_nothing_to_resume(mnist_dir, tmp_path, monkeypatch):
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(SCRIPTS["train.py"].VecALRSEnv, "reset", interrupted)
+    monkeypatch.setattr(load_script("train.py").VecALRSEnv, "reset", interrupted)
     result = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, check=False)
     assert result.returncode == 130 and "Traceback" not in result.stderr
     assert "stopped before the first update" in result.stderr and "--resume" in result.stderr
@@ -515,7 +479,7 @@ def test_flag_errors_are_one_line_and_name_the_flag_given(capsys):
 
 def test_results_report_sample_std_standard_errors_and_configs(trained):
     runs, run_id, common = trained
-    folder = runs / run_id / "test" / "fa-mnist_cnn_best_deterministic"
+    folder = runs / run_id / "test" / "fa-mnist_mlp_best_deterministic"
     if not (folder / "results.json").exists():
         run("test.py", *common, "--test-id", run_id, "--test-runs", "2")
     result = json.loads((folder / "results.json").read_text())

@@ -15,15 +15,13 @@ import torch
 import torch.multiprocessing as mp
 
 import distributed
-from conftest import ROOT
+from conftest import ROOT, TINY_GRID, jsonl, run
+from conftest import TINY as TINY_SETTING, TINY_PPO as TINY_PPO_SETTING
 from ppo import RunningMeanStd
-from test_cli import run
 
 WORLD = 2
-TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
-        "--update-freq", "3", "--num-envs", "2", "--device", "cpu", "--architecture", "mlp"]
-TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-nminibatches", "2", "--initial-lr", "0"]
-TINY_GRID = ["--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "--discount-factors", "0.5"]
+TINY = [*TINY_SETTING, "--architecture", "mlp"]
+TINY_PPO = [*TINY_PPO_SETTING, "--initial-lr", "0"]  # each test gives its --ppo2-total-timesteps
 
 
 def free_port():
@@ -109,12 +107,8 @@ def child_processes(pid):
     return children
 
 
-def jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.mark.slow
-def test_torchrun_training_writes_one_experiment_and_resumes_after_a_kill(mnist_dir, tmp_path):
+def test_torchrun_training_writes_one_experiment_and_resumes_after_a_rank_is_killed(mnist_dir, tmp_path):
     common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--ppo2-total-timesteps", "64"]
     out = torchrun("train.py", *common, "--tb-suffix", "reference").stdout
     assert "the controller is identical on all 2 processes" in out  # checked after the last update
@@ -136,8 +130,11 @@ def test_torchrun_training_writes_one_experiment_and_resumes_after_a_kill(mnist_
                and len(jsonl(next(tmp_path.glob("*killed/updates.jsonl")))) >= 2):
         assert job.poll() is None and time.time() < deadline, job.communicate()
         time.sleep(0.1)
-    os.killpg(job.pid, signal.SIGKILL)  # the launcher and both ranks
-    job.wait()
+    ranks = child_processes(job.pid)  # torchrun's workers
+    assert len(ranks) == WORLD
+    os.kill(max(ranks), signal.SIGKILL)  # one rank dies: the launcher stops the other and the job fails
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0 and "FAILED" in err
     killed = next(tmp_path.glob("*killed"))
     assert len(jsonl(killed / "updates.jsonl")) < 4
     assert "resuming at update" in torchrun("train.py", "--resume", killed.name, "--runs-dir", tmp_path,
@@ -145,21 +142,6 @@ def test_torchrun_training_writes_one_experiment_and_resumes_after_a_kill(mnist_
     drop = lambda records: [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
     assert drop(jsonl(killed / "updates.jsonl")) == drop(jsonl(reference / "updates.jsonl"))
     assert jsonl(killed / "episodes.jsonl") == jsonl(reference / "episodes.jsonl")
-
-
-@pytest.mark.slow
-def test_a_killed_rank_stops_the_whole_job(mnist_dir, tmp_path):
-    job = torchrun("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
-                   "--ppo2-total-timesteps", "100000", wait=False)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("*/updates.jsonl")):
-        assert job.poll() is None and time.time() < deadline, job.communicate()
-        time.sleep(0.1)
-    ranks = child_processes(job.pid)  # torchrun's workers
-    assert len(ranks) == WORLD
-    os.kill(max(ranks), signal.SIGKILL)  # one rank dies
-    _, err = job.communicate(timeout=120)  # the launcher stops the other one and fails
-    assert job.returncode != 0 and "FAILED" in err
 
 
 @pytest.mark.slow

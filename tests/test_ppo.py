@@ -1,13 +1,15 @@
 """PPO controller (ppo.py) against hand-computed values and a synthetic task it must learn."""
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import flags
 import ppo
-from ppo import (ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, RunningMeanStd, VecNormalizer, compute_gae,
+from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, RunningMeanStd, VecNormalizer, compute_gae,
                  explained_variance, gradient_step, policy_statistics, ppo_loss, ppo_update)
 
 # ----------------------------------------------------------------------------- GAE
@@ -465,3 +467,23 @@ def test_normalized_env_applies_the_normalizer_as_vecnormalize_does():
     np.testing.assert_array_equal(reward, by_hand.reward(raw_reward, np.array([False, True])))
     assert truncated.tolist() == [False, True] and "final_observation" in infos[1]
     np.testing.assert_array_equal(wrapped.normalizer.returns, [1.0, 0.0])  # env 1's return restarts
+
+
+# ----------------------------------------------------------------------------- the config
+
+
+def test_train_pys_ppo_flags_and_their_defaults_come_from_ppo_config():
+    assert PPOConfig.from_args(flags.parse_args("train", [])) == PPOConfig()
+    config = PPOConfig.from_args(flags.parse_args("train", ["--ppo2-noptepochs", "7", "--ppo2-cliprange", "0.2",
+                                                            "--ppo2-norm-obs", "0", "--ppo2-update-freq", "20"]))
+    assert (config.num_epochs, config.clip_range, config.norm_obs, config.rollout_steps) == (7, 0.2, False, 20)
+    assert config.ent_coef == PPOConfig().ent_coef and config.norm_obs is False
+    help_text = flags.build_parser("train").format_help()
+    flagged = [f for f in fields(PPOConfig) if f.metadata["flag"]]
+    assert all("--" + f.metadata["flag"].replace("_", "-") in help_text for f in flagged) and len(flagged) == 11
+
+
+def test_the_normalizer_clips_at_norm_clip_else_the_ppo_clip_range_else_the_default():
+    assert PPOConfig(clip_range=0.2, norm_clip=5.0).normalizer_clip == 5.0
+    assert PPOConfig(clip_range=0.2).normalizer_clip == 0.2  # the reference's one cliprange for both
+    assert PPOConfig(clip_range=0.0).normalizer_clip == PPOConfig(clip_range=-1.0).normalizer_clip == DEFAULT_CLIP
