@@ -75,7 +75,7 @@ def running_mean(values, window):
     return out
 
 
-def plot_training(episodes, updates, path, title, window=16):
+def plot_training(episodes, updates, path, title, window):
     """A controller's training progress, one quantity per panel: per episode its final validation
     loss (with a running mean over ``window`` episodes), learning rates and return; per PPO update
     what the policy did (Gaussian mean and std, and where its samples fell, or the discrete action

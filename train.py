@@ -377,7 +377,7 @@ def write_update(run, learner, progress, episodes, stats, ranks, controller, dev
         save_checkpoint(run.checkpoints / name, {**controller, "timesteps": timesteps, "val_loss": mean_val})
         if progress.update == run.num_updates or time.monotonic() - run.plotted_at >= PLOT_INTERVAL_S:
             plot_training(read_jsonl(run.episodes_path), read_jsonl(run.updates_path), run.dir / "progress.png",
-                          run.dir.name)
+                          run.dir.name, window=BEST_WINDOW)  # the running mean best.pt is chosen on
             run.plotted_at = time.monotonic()
 
 

@@ -1,5 +1,6 @@
-"""The generalist study's held-out table: compare.py's summary.json as one Markdown table, a row per
-task, every method from the default start rate 1e-3 and the best-of-grid rows beside them.
+"""The generalist study's held-out tables from compare.py's summary.json: the final validation loss, a
+row per task, every method from the default start rate 1e-3 and the best-of-grid rows beside them;
+then each generalist's rate (geometric mean over the seeds) at fractions of the run, per task.
 
     python experiments/generalist_table.py runs/compare/summary.json > table.md
 """
@@ -7,15 +8,24 @@ import json
 import sys
 
 START = "1e-3"
-COLUMNS = (  # (header, row name or kind picked over the start rates)
-    ("generalist A", f"alrs:generalist-A@{START}"), ("its replay", f"replay:generalist-A@{START}"),
-    ("generalist B", f"alrs:generalist-B@{START}"), ("its replay", f"replay:generalist-B@{START}"),
+BASELINE_COLUMNS = (  # (header, row name or (kind, start) picked over the start rates)
     ("shipped (one task)", f"alrs:fa-mnist_mlp_stable@{START}"),
     ("constant", f"constant@{START}"), ("cosine", f"cosine@{START}"), ("ReduceLROnPlateau", f"plateau@{START}"),
     ("OneCycle", f"onecycle@{START}"), ("best step decay", ("step_decay", START)),
     ("best cosine (start)", ("cosine", None)), ("schedule-free AdamW, best lr", ("schedulefree", None)),
     ("Prodigy", "prodigy"),
 )
+
+
+def columns(summary):
+    """Each generalist arm that was run (controllers named generalist-<arm>) and its replay, then the
+    methods users pick instead."""
+    names = {name for task in summary["tasks"].values() for name in task["rows"]}
+    arms = sorted(name.split("generalist-")[1].split("@")[0] for name in names
+                  if name.startswith("alrs:generalist-") and name.endswith(f"@{START}"))
+    arm_columns = [column for arm in arms for column in ((f"generalist {arm}", f"alrs:generalist-{arm}@{START}"),
+                                                         ("its replay", f"replay:generalist-{arm}@{START}"))]
+    return (*arm_columns, *BASELINE_COLUMNS)
 
 
 def cell(rows, name):
@@ -36,10 +46,11 @@ def best(rows, kind, start):
 
 
 def table(summary):
-    lines = ["| task | " + " | ".join(h for h, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    shown = columns(summary)
+    lines = ["| task | " + " | ".join(h for h, _ in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for task, content in summary["tasks"].items():
         rows, cells = content["rows"], []
-        for _, column in COLUMNS:
+        for _, column in shown:
             if isinstance(column, tuple):
                 name = best(rows, *column)
                 start = "" if name is None or column[1] else f" ({name.split('@')[1]})"
@@ -50,5 +61,25 @@ def table(summary):
     return "\n".join(lines)
 
 
+FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)  # of the run, where the schedules table reads the rate
+
+
+def schedules_table(summary):
+    """Per generalist arm and task, its rate from 1e-3 at FRACTIONS of the run: whether it acts
+    differently on different tasks."""
+    arms = [name for header, name in columns(summary) if header.startswith("generalist ")]
+    lines = ["| arm | task | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |",
+             "|---|---" + "|---" * len(FRACTIONS) + "|"]
+    for name in arms:
+        for task, content in summary["tasks"].items():
+            rates = content["rows"].get(name, {}).get("lr_geomean")
+            if rates:
+                picked = [rates[round(f * (len(rates) - 1))] for f in FRACTIONS]
+                lines.append(f"| {name.split(':')[1].split('@')[0]} | {task} | "
+                             + " | ".join(f"{r:.1e}" for r in picked) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table(json.load(open(sys.argv[1]))))
+    summary = json.load(open(sys.argv[1]))
+    print(table(summary) + "\n\n" + schedules_table(summary))

@@ -71,7 +71,7 @@ def test_every_panel_of_progress_png_with_several_lines_has_a_legend(tmp_path, m
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure plot_training closes
     episodes = [{"timesteps": t, "final_val_loss": 0.5, "initial_lr": 1e-3, "lr_geomean": 1e-3, "final_lr": 1e-3,
                  "return": -1.0} for t in (8, 16)]
-    plot_training(episodes, [{"timesteps": t, **policy} for t in (8, 16)], tmp_path / "progress.png", "run")
+    plot_training(episodes, [{"timesteps": t, **policy} for t in (8, 16)], tmp_path / "progress.png", "run", window=16)
     (figure,) = figures
     for ax in figure.axes:
         if len(ax.lines) > 1:
