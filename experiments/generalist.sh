@@ -3,6 +3,7 @@
 # observations, evaluated by compare.py on tasks that are never in the mix.
 #
 #   bash experiments/generalist.sh train A B     # train arms (in parallel, JOBS at a time)
+#   TIMESTEPS=48000 bash experiments/generalist.sh train C D E
 #
 # Training mix: MLP children (fast on a CPU), 20000 training and 2000 validation images, initial
 # rate drawn per episode from {1e-2, 1e-3, 1e-4}, --preset stable. Held out (compare.py): LeNet-5,
@@ -29,6 +30,7 @@ declare -A ARMS=(
   [R]="--features reference"           # the reference's observations, the task mix
   [C]="--features relative --hidden-lr-scale 10"                     # A, the rate's effect hidden per episode
   [D]="--features relative --hidden-lr-scale 10 --action-range 1.25"  # C, moves up to x1.25 per action
+  [E]="--features relative --action-range 1.25"                       # A, moves up to x1.25 per action
 )
 
 # shellcheck source=experiments/arms.sh
