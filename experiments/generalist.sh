@@ -31,6 +31,9 @@ declare -A ARMS=(
   [C]="--features relative --hidden-lr-scale 10"                     # A, the rate's effect hidden per episode
   [D]="--features relative --hidden-lr-scale 10 --action-range 1.25"  # C, moves up to x1.25 per action
   [E]="--features relative --action-range 1.25"                       # A, moves up to x1.25 per action
+  [E1]="--features relative --action-range 1.25 --seed 1"             # E, another training seed
+  [E2]="--features relative --action-range 1.25 --seed 2"             # E, a third training seed
+  [F]="--features relative-progress --action-range 1.5"               # B, moves up to x1.5 per action
 )
 
 # shellcheck source=experiments/arms.sh
