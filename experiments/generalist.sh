@@ -4,13 +4,20 @@
 #
 #   bash experiments/generalist.sh train A B     # train arms (in parallel, JOBS at a time)
 #   TIMESTEPS=48000 bash experiments/generalist.sh train C D E
+#   HELD_OUT=second bash experiments/generalist.sh compare baselines E F   # compare.py, a folder per job
+#   HELD_OUT=second bash experiments/generalist.sh report                  # one report of every job's runs
 #
 # Training mix: MLP children (fast on a CPU), 20000 training and 2000 validation images, initial
 # rate drawn per episode from {1e-2, 1e-3, 1e-4}, --preset stable. Held out (compare.py): LeNet-5,
 # Fashion-MNIST with 50% label noise, a 2000-step horizon and batch 32. A stopped arm continues where
-# it stopped when trained again (train.py --resume).
+# it stopped when trained again (train.py --resume). A second held-out set, fixed before any arm was
+# run on it and never used to choose an arm: batch 512; 2000 training images; 7-pixel images; MNIST
+# at batch 32 over 1000 steps. `compare` tests each arm's latest.pt and its replay from 1e-3 (the
+# bar's start), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
+# cosine from every start for the best of its grid, schedule-free AdamW from every start).
 # Environment: DATA_DIR (default data), RUNS_DIR (default runs/generalist), JOBS (default 2),
-# DEVICE (default cpu), TIMESTEPS (default 30000). Each process uses one thread.
+# DEVICE (default cpu), TIMESTEPS (default 30000), HELD_OUT (first or second; default first).
+# Each process uses one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS_DIR:-runs/generalist}
@@ -24,6 +31,13 @@ MIX=(--task dataset=fa-mnist,batch_size=128,num_train_steps=500
      --task dataset=fa-mnist,batch_size=128,num_train_steps=500,classes=5,image_size=14
      --task dataset=mnist,batch_size=128,num_train_steps=500,image_size=14,train_size=5000
      --task dataset=mnist,batch_size=128,num_train_steps=500,classes=5)
+declare -A HELD_OUT_SETS=(
+  [first]="--task architecture=cnn --task label_noise=0.5 --task num_train_steps=2000 --task batch_size=32"
+  [second]="--task batch_size=512 --task train_size=2000 --task image_size=7
+            --task dataset=mnist,batch_size=32,num_train_steps=1000"
+)
+HELD_OUT=${HELD_OUT:-first}
+COMPARE_DIR=$RUNS/compare-$HELD_OUT
 declare -A ARMS=(
   [A]="--features relative"            # scale-free observations, the task mix
   [B]="--features relative-progress"   # A, and the fraction of the episode done
@@ -43,11 +57,45 @@ new_run_flags() {
   echo "${MIX[@]}" --num-envs 6 --initial-lr 0 --preset stable --ppo2-total-timesteps "${TIMESTEPS:-30000}" ${ARMS[$1]}
 }
 
+compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
+  local out=$COMPARE_DIR/$1
+  mkdir -p "$out" "$RUNS/controllers"
+  if [[ $1 == baselines ]]; then
+    compare "$out" --methods constant plateau --lrs 1e-3
+    compare "$out" --methods cosine schedulefree --lrs 1e-2 1e-3 1e-4
+  else
+    local id; id=$(run_id "$1")
+    [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
+    cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/generalist-$1.pt"
+    compare "$out" --controller "$RUNS/controllers/generalist-$1.pt" --methods replay --lrs 1e-3
+  fi > "$RUNS/logs/compare-$HELD_OUT-$1.log" 2>&1
+  echo "$1 compared on the $HELD_OUT held-out set"
+}
+
+compare() {  # compare.py on the held-out set: compare OUT FLAGS...
+  local out=$1; shift
+  # shellcheck disable=SC2086
+  python compare.py --data-dir "${DATA_DIR:-data}" --device "${DEVICE:-cpu}" ${HELD_OUT_SETS[$HELD_OUT]} \
+    --out "$out" "$@"
+}
+
+report() {  # every job's runs in one runs.jsonl, and compare.py's report of them (nothing left to run)
+  local all=$COMPARE_DIR/all
+  mkdir -p "$all"
+  cat "$COMPARE_DIR"/*/runs.jsonl | grep -v '^$' | sort -u > "$all/runs.jsonl.new"
+  mv "$all/runs.jsonl.new" "$all/runs.jsonl"
+  compare "$all" --methods constant --lrs 1e-3
+}
+
 command=${1:-}; shift || true
 arms=("$@"); [[ ${#arms[@]} -gt 0 ]] || arms=(A B)
 case $command in
   train)
     in_parallel train_arm "${arms[@]}" ;;
+  compare)
+    in_parallel compare_job "$@" ;;
+  report)
+    report ;;
   *)
-    echo "usage: $0 train [arm ...]   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
+    echo "usage: $0 train [arm ...] | compare [baselines] [arm ...] | report   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
 esac
