@@ -13,10 +13,11 @@
 # it stopped when trained again (train.py --resume). A second held-out set, fixed before any arm was
 # run on it and never used to choose an arm: batch 512; 2000 training images; 7-pixel images; MNIST
 # at batch 32 over 1000 steps. `compare` tests each arm's latest.pt and its replay from 1e-3 (the
-# bar's start), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
+# bar's start; LRS for others), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
 # cosine from every start for the best of its grid, schedule-free AdamW from every start).
 # Environment: DATA_DIR (default data), RUNS_DIR (default runs/generalist), JOBS (default 2),
-# DEVICE (default cpu), TIMESTEPS (default 30000), HELD_OUT (first or second; default first).
+# DEVICE (default cpu), TIMESTEPS (default 30000), HELD_OUT (first or second; default first), LRS
+# (the start rates of an arm's compare rows; default 1e-3).
 # Each process uses one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +68,8 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
     local id; id=$(run_id "$1")
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
     cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/generalist-$1.pt"
-    compare "$out" --controller "$RUNS/controllers/generalist-$1.pt" --methods replay --lrs 1e-3
+    # shellcheck disable=SC2086
+    compare "$out" --controller "$RUNS/controllers/generalist-$1.pt" --methods replay --lrs ${LRS:-1e-3}
   fi > "$RUNS/logs/compare-$HELD_OUT-$1.log" 2>&1
   echo "$1 compared on the $HELD_OUT held-out set"
 }
