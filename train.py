@@ -223,11 +223,11 @@ def train(args, device):
                    unit="step", desc="controller", dynamic_ncols=True, disable=not run.main)
         for update in range(progress.update, run.num_updates):
             started = time.perf_counter()
-            episodes, improved = collect_episodes(learner, progress, run, update, bar)
+            episodes, finished, improved = collect_episodes(learner, progress, run, update, bar)
             if improved and run.main:  # best.pt: the policy that produced these episodes, before the update
                 save_checkpoint(run.checkpoints / "best.pt", {**controller(), "val_loss": progress.best_val,
                                                               "timesteps": (update + 1) * run.steps_per_update})
-            stats = update_policy(learner, progress, run, update, episodes, started)
+            stats = update_policy(learner, progress, run, update, finished, started)
             ranks = distributed.all_gather(rank_state(raw_envs, learner.normalizer, progress.obs, progress.done))
             if run.main:
                 write_update(run, learner, progress, episodes, stats, ranks, controller(), device, board)
@@ -313,7 +313,8 @@ def restore(learner, run, starts, device):
 
 def collect_episodes(learner, progress, run, update, bar):
     """One rollout on every rank; ``progress`` moves on (observations, episodes, recent finals, best
-    score). Returns every rank's ended episodes as records, and whether the best score improved."""
+    score). Returns every rank's ended episodes as records, the final validation losses of those that
+    finished (not diverged), and whether the best score improved."""
     num_envs = learner.raw_envs.num_envs
 
     def show(infos):
@@ -333,12 +334,13 @@ def collect_episodes(learner, progress, run, update, bar):
     score = progress.recent.score()
     improved = score is not None and score < progress.best_val
     progress.best_val = score if improved else progress.best_val
-    return episodes, improved
+    return episodes, [e["final_val_loss"] for e in finished], improved
 
 
-def update_policy(learner, progress, run, update, episodes, started):
+def update_policy(learner, progress, run, update, finished, started):
     """PPO's update on the rollout in the buffer (gradients averaged over the ranks); returns the
-    update's line of updates.jsonl (rank 0's statistics)."""
+    update's line of updates.jsonl (rank 0's statistics, with the mean of ``finished``, the rollout's
+    final validation losses)."""
     agent, raw_envs = learner.agent, learner.raw_envs
     with torch.no_grad():
         last_value = agent.value(torch.as_tensor(progress.obs))
@@ -346,7 +348,6 @@ def update_policy(learner, progress, run, update, episodes, started):
     bounds = () if agent.discrete else (raw_envs.action_space.low, raw_envs.action_space.high)
     behaviour = policy_statistics(agent, batch["obs"], batch["actions"], *bounds)
     stats = ppo_update(agent, learner.optimizer, batch, learner.config, reduce_gradients=distributed.average_gradients)
-    finished = [e["final_val_loss"] for e in episodes if e["final_val_loss"] is not None]
     mean_val = float(np.mean(finished)) if finished else None
     stats.update(behaviour, update=update, timesteps=(update + 1) * run.steps_per_update,
                  episodes=progress.episodes, mean_final_val_loss=mean_val, world_size=run.world,

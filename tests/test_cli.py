@@ -45,6 +45,9 @@ def test_train_writes_metrics_checkpoints_and_figure(trained):
     assert all(e["final_val_loss"] > 0 and e["lr_min"] <= e["lr_geomean"] <= e["lr_max"] for e in episodes)
     drawn = {min((0.01, 0.001, 0.0001), key=lambda lr: abs(e["initial_lr"] / lr - 1)) for e in episodes}
     assert len(drawn) > 1  # --initial-lr 0: one of three rates per episode (plus 10% noise)
+    for u in updates:  # each update's mean is over the episodes that finished in its rollout
+        finals = [e["final_val_loss"] for e in episodes if e["update"] == u["update"]]
+        assert u["mean_final_val_loss"] == (pytest.approx(np.mean(finals)) if finals else None)
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert {"best.pt", "latest.pt", "step-0000000_untrained.pt"} <= set(names)
     assert any(re.fullmatch(r"step-0000320_val-\d+\.\d{4}\.pt", n) for n in names), names
