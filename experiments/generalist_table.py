@@ -1,6 +1,8 @@
 """The generalist study's held-out tables from compare.py's summary.json: the final validation loss, a
 row per task, every method from the default start rate 1e-3 and the best-of-grid rows beside them;
-then each generalist's rate (geometric mean over the seeds) at fractions of the run, per task.
+then each generalist's rate (geometric mean over the seeds) at fractions of the run, per task; then
+each generalist's bar from 1e-3 and the score that picks the arm to ship (arms E, E1, E2: one arm,
+three training seeds).
 
     python experiments/generalist_table.py runs/compare/summary.json > table.md
 """
@@ -80,6 +82,56 @@ def schedules_table(summary):
     return "\n".join(lines)
 
 
+def ratio_to_best_cosine(content, name):
+    """The row's mean final validation loss over the best-of-grid cosine's (None if either is missing)."""
+    rows = content["rows"]
+    mean = lambda n: rows.get(n, {}).get("final_val_loss", {}).get("mean")
+    cosine = best(rows, "cosine", None)
+    return None if mean(name) is None or cosine is None else mean(name) / mean(cosine)
+
+
+def arm_score(summary, name):
+    """The selection score of a controller row: its mean ratio to the best-of-grid cosine over the
+    tasks, or None unless it was run, without a failure, on every task."""
+    ratios = [ratio_to_best_cosine(content, name) for content in summary["tasks"].values()]
+    failed = any(content["rows"].get(name, {}).get("failed") for content in summary["tasks"].values())
+    return None if failed or None in ratios else sum(ratios) / len(ratios)
+
+
+def bar_table(summary):
+    """Per generalist and task from 1e-3: the ratio to the best-of-grid cosine and the difference to
+    its replay (mean ± SE, paired); then the mean ratio (the selection score) and the bar's checks
+    passed. An arm whose name ends in a digit is another training seed of the arm before the digits."""
+    arms = [name for header, name in columns(summary) if header.startswith("generalist ")]
+    tasks = list(summary["tasks"])
+    lines = ["| arm | " + " | ".join(tasks) + " | mean ratio | checks passed |",
+             "|---" * (len(tasks) + 3) + "|"]
+    families = {}
+    for name in arms:
+        label = name.split(":")[1].split("@")[0]
+        cells, passed, checked = [], 0, 0
+        for content in summary["tasks"].values():
+            ratio = ratio_to_best_cosine(content, name)
+            replay = content["differences"].get(name, {}).get("replay", {}).get("difference")
+            checks = content["bar"].get(label, {})
+            passed += sum(value is True for value in checks.values())
+            checked += sum(value is not None for value in checks.values())
+            cells.append("–" if ratio is None else f"{ratio:.3f}" + (
+                f"; {replay['mean']:+.3f} ± {replay['sem']:.3f}" if replay and replay["sem"] is not None else ""))
+        score = arm_score(summary, name)
+        families.setdefault(label.rstrip("0123456789"), []).append(score)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'–' if score is None else f'{score:.3f}'} "
+                     f"| {passed}/{checked} |")
+    lines.append("")
+    for family, scores in families.items():
+        if len(scores) > 1:
+            known = [s for s in scores if s is not None]
+            mean = f"{sum(known) / len(known):.3f}" if len(known) == len(scores) else "–"
+            lines.append(f"{family} over {len(scores)} training seeds: mean ratio {mean} "
+                         f"({', '.join('–' if s is None else f'{s:.3f}' for s in scores)})")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     summary = json.load(open(sys.argv[1]))
-    print(table(summary) + "\n\n" + schedules_table(summary))
+    print(table(summary) + "\n\n" + schedules_table(summary) + "\n\n" + bar_table(summary))
