@@ -2,12 +2,15 @@
 row per task, every method from the default start rate 1e-3 and the best-of-grid rows beside them;
 then each generalist's rate (geometric mean over the seeds) at fractions of the run, per task; then
 each generalist's bar from 1e-3 and the score that picks the arm to ship (arms E, E1, E2: one arm,
-three training seeds).
+three training seeds). Given compare.py's runs.jsonl too, how much each generalist's rate differs
+between the seeds of one task.
 
-    python experiments/generalist_table.py runs/compare/summary.json > table.md
+    python experiments/generalist_table.py runs/compare/summary.json [runs/compare/runs.jsonl] > table.md
 """
 import json
 import sys
+
+import numpy as np
 
 START = "1e-3"
 BASELINE_COLUMNS = (  # (header, row name or (kind, start) picked over the start rates)
@@ -132,6 +135,24 @@ def bar_table(summary):
     return "\n".join(lines)
 
 
+def seed_spread_table(records):
+    """Per generalist and task from 1e-3: how much its rate differs between the seeds, as a factor:
+    exp of the standard deviation over seeds of log lr, averaged over the run's actions (1.00: the same
+    schedule on every seed; a replay can only lose to a controller that acts differently per seed)."""
+    curves = {}
+    for r in records:
+        if r["method"].startswith("alrs:generalist-") and r["method"].endswith(f"@{START}") and not r["diverged"]:
+            curves.setdefault((r["method"].split(":")[1].split("@")[0], r["task"]), []).append(np.log(r["lr"]))
+    lines = ["| arm | task | seeds | spread (×) |", "|---|---|---|---|"]
+    for (arm, task), logs in sorted(curves.items()):
+        steps = min(len(log) for log in logs)
+        spread = np.exp(np.std([log[:steps] for log in logs], axis=0).mean())
+        lines.append(f"| {arm} | {task} | {len(logs)} | {spread:.3f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     summary = json.load(open(sys.argv[1]))
     print(table(summary) + "\n\n" + schedules_table(summary) + "\n\n" + bar_table(summary))
+    if len(sys.argv) > 2:
+        print("\n" + seed_spread_table([json.loads(line) for line in open(sys.argv[2]) if line.strip()]))
