@@ -48,7 +48,7 @@ HELD_OUT_TASKS = ("architecture=cnn",  # an unseen child (LeNet-5)
                   "num_train_steps=2000",  # a 4x longer horizon
                   "batch_size=32")  # another batch size
 START_LRS = (1e-2, 1e-3, 1e-4)
-BAR_START = 1e-3  # issue 16's bar: the controller from the default rate, untuned
+BAR_START = 1e-3  # the bar's start: the controller from the default rate, untuned
 KINDS = ("alrs", "replay", "constant", "step_decay", "cosine", "onecycle", "plateau", "schedulefree", "prodigy")
 BASELINES = KINDS[2:]
 PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt"}  # optional, imported only when asked for
@@ -417,7 +417,7 @@ def markdown(summary):
                       f"{difference_cell(d['difference'])} |" for what, d in differences.items()]
         lines.append("")
     for label, bar in summary["bar"].items():
-        lines += [f"## The bar (issue 16): {label} from {lr_text(BAR_START)}", "",
+        lines += [f"## The bar: {label} from {lr_text(BAR_START)}", "",
                   "| task | " + " | ".join(BAR_CHECKS.values()) + " |", "|---" * (len(BAR_CHECKS) + 1) + "|"]
         lines += [f"| {task} | " + " | ".join(check_cell(t["bar"][label][key]) for key in BAR_CHECKS) + " |"
                   for task, t in summary["tasks"].items() if label in t["bar"]]

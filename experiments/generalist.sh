@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The generalist study (issue 16): a controller trained on a mix of tasks, with scale-free
+# The generalist study: a controller trained on a mix of tasks, with scale-free
 # observations, evaluated by compare.py on tasks that are never in the mix.
 #
 #   bash experiments/generalist.sh train A B     # train arms (in parallel, JOBS at a time)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The learning study (issue 7): does the controller learn, and which departures from the reference
+# The learning study: does the controller learn, and which departures from the reference
 # make it learn? Fashion-MNIST, MLP child, 500-step episodes, a smaller child setting that a CPU
 # runs (batch 128, 20000 training and 2000 validation images), initial rate drawn per episode from
 # {1e-2, 1e-3, 1e-4}, 40000 controller steps (100 PPO updates) per arm.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Torch threads per process on a CPU (issue 17): the wall time of a short train.py run of the CPU
+# Torch threads per process on a CPU: the wall time of a short train.py run of the CPU
 # quick-start setting, one process alone and two side by side, each with 1 or 2 torch threads
 # (OMP_NUM_THREADS), plus the reference's LeNet-5 setting alone. Prints one line per case.
 #
-#   DATA_DIR=../shared/data bash experiments/threads.sh
+#   DATA_DIR=data bash experiments/threads.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=$(mktemp -d)

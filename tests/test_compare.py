@@ -188,7 +188,7 @@ def test_cli_end_to_end_resumes_and_adds_a_controller(mnist_dir, tmp_path):
     assert all(len(r["lr"]) == 3 and not r["diverged"] for r in records)
     assert [r["replay_seeds"] for r in records if r["method"] == "replay:fa-mnist_mlp_stable@1e-3"] == [[1], [0]]
     results = (out / "results.md").read_text()
-    assert "## fa-mnist_mlp_b16_s20_n200_val50" in results and "The bar (issue 16): fa-mnist_mlp_stable" in results
+    assert "## fa-mnist_mlp_b16_s20_n200_val50" in results and "The bar: fa-mnist_mlp_stable" in results
     assert results in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bar"]["fa-mnist_mlp_stable"]["tasks"] == 1
@@ -206,7 +206,7 @@ def test_cli_end_to_end_resumes_and_adds_a_controller(mnist_dir, tmp_path):
     same = added[0]["method"].replace("again", "fa-mnist_mlp_stable")  # the same file under another name
     assert added[0]["final_val_loss"] == next(r["final_val_loss"] for r in records
                                               if r["method"] == same and r["seed"] == added[0]["seed"])
-    assert "alrs:again@1e-3 − row" in stdout and "The bar (issue 16): again" in stdout
+    assert "alrs:again@1e-3 − row" in stdout and "The bar: again" in stdout
 
 
 @pytest.mark.parametrize("argv, message", [
