@@ -17,7 +17,8 @@
 # cosine from every start for the best of its grid, schedule-free AdamW from every start).
 # Which arm is shipped is decided on the first set alone, from 1e-3: the lowest mean, over its four
 # tasks, of the arm's final validation loss over the best-of-grid cosine's, averaged over the arm's
-# training seeds, provided no seed of it failed there; the second set is reported as it comes.
+# training seeds, provided no seed of it failed there, and lower than the shipped arm A's; of that
+# arm, the training seed with the lowest score is the file shipped. The second set is reported as it comes.
 # Environment: DATA_DIR (default data), RUNS_DIR (default runs/generalist), JOBS (default 2),
 # DEVICE (default cpu), TIMESTEPS (default 30000), HELD_OUT (first or second; default first), LRS
 # (the start rates of an arm's compare rows; default 1e-3).
