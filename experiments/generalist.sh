@@ -14,7 +14,7 @@
 # run on it and never used to choose an arm: batch 512; 2000 training images; 7-pixel images; MNIST
 # at batch 32 over 1000 steps. `compare` tests each arm's latest.pt and its replay from 1e-3 (the
 # bar's start; LRS for others), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
-# cosine from every start for the best of its grid, schedule-free AdamW from every start).
+# cosine from every start for the best of its grid, schedule-free AdamW and a constant rate from every start).
 # Which arm is shipped is decided on the first set alone, from 1e-3: the lowest mean, over its four
 # tasks, of the arm's final validation loss over the best-of-grid cosine's, averaged over the arm's
 # training seeds, provided no seed of it failed there, and lower than the shipped arm A's; of that
@@ -66,8 +66,8 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
   local out=$COMPARE_DIR/$1
   mkdir -p "$out" "$RUNS/controllers"
   if [[ $1 == baselines ]]; then
-    compare "$out" --methods constant plateau --lrs 1e-3
-    compare "$out" --methods cosine schedulefree --lrs 1e-2 1e-3 1e-4
+    compare "$out" --methods plateau --lrs 1e-3
+    compare "$out" --methods constant cosine schedulefree --lrs 1e-2 1e-3 1e-4
   else
     local id; id=$(run_id "$1")
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
