@@ -1,8 +1,8 @@
-"""The generalist study's held-out tables from compare.py's summary.json: the final validation loss, a
-row per task, every method from the default start rate 1e-3 and the best-of-grid rows beside them;
-then each generalist's rate (geometric mean over the seeds) at fractions of the run, per task; then
-each generalist's bar from 1e-3 and the score that picks the arm to ship (arms E, E1, E2: one arm,
-three training seeds). Given compare.py's runs.jsonl too, how much each generalist's rate differs
+"""The generalist study's held-out tables from compare.py's summary.json: each generalist's final
+validation loss from 1e-3, its ratio to the best-of-grid cosine and its difference to its replay per
+task, with the score that picks the arm to ship (arms E, E1, E2: one arm, three training seeds); the
+methods users pick instead, a row per task, from 1e-3 and the best of their grids; each generalist's
+rate (geometric mean over the seeds) at fractions of the run, per task. Given compare.py's runs.jsonl too, how much each generalist's rate differs
 between the seeds of one task.
 
     python experiments/generalist_table.py runs/compare/summary.json [runs/compare/runs.jsonl] > table.md
@@ -22,15 +22,10 @@ BASELINE_COLUMNS = (  # (header, row name or (kind, start) picked over the start
 )
 
 
-def columns(summary):
-    """Each generalist arm that was run (controllers named generalist-<arm>) and its replay, then the
-    methods users pick instead."""
+def generalists(summary):
+    """The alrs rows from START of each generalist arm that was run (controllers named generalist-<arm>)."""
     names = {name for task in summary["tasks"].values() for name in task["rows"]}
-    arms = sorted(name.split("generalist-")[1].split("@")[0] for name in names
-                  if name.startswith("alrs:generalist-") and name.endswith(f"@{START}"))
-    arm_columns = [column for arm in arms for column in ((f"generalist {arm}", f"alrs:generalist-{arm}@{START}"),
-                                                         ("its replay", f"replay:generalist-{arm}@{START}"))]
-    return (*arm_columns, *BASELINE_COLUMNS)
+    return sorted(name for name in names if name.startswith("alrs:generalist-") and name.endswith(f"@{START}"))
 
 
 def cell(rows, name):
@@ -50,8 +45,9 @@ def best(rows, kind, start):
     return min(names, key=lambda n: rows[n]["final_val_loss"]["mean"], default=None)
 
 
-def table(summary):
-    shown = columns(summary)
+def baselines_table(summary):
+    """The methods users pick instead, a row per task."""
+    shown = BASELINE_COLUMNS
     lines = ["| task | " + " | ".join(h for h, _ in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for task, content in summary["tasks"].items():
         rows, cells = content["rows"], []
@@ -72,7 +68,7 @@ FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)  # of the run, where the schedules table
 def schedules_table(summary):
     """Per generalist arm and task, its rate from 1e-3 at FRACTIONS of the run: whether it acts
     differently on different tasks."""
-    arms = [name for header, name in columns(summary) if header.startswith("generalist ")]
+    arms = generalists(summary)
     lines = ["| arm | task | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |",
              "|---|---" + "|---" * len(FRACTIONS) + "|"]
     for name in arms:
@@ -102,10 +98,11 @@ def arm_score(summary, name):
 
 
 def bar_table(summary):
-    """Per generalist and task from 1e-3: the ratio to the best-of-grid cosine and the difference to
-    its replay (mean ± SE, paired); then the mean ratio (the selection score) and the bar's checks
-    passed. An arm whose name ends in a digit is another training seed of the arm before the digits."""
-    arms = [name for header, name in columns(summary) if header.startswith("generalist ")]
+    """Per generalist and task from 1e-3: the mean final validation loss, its ratio to the best-of-grid
+    cosine and the difference to its replay (mean ± SE, paired); then the mean ratio (the selection
+    score) and the bar's checks passed. An arm whose name ends in a digit is another training seed of
+    the arm before the digits."""
+    arms = generalists(summary)
     tasks = list(summary["tasks"])
     lines = ["| arm | " + " | ".join(tasks) + " | mean ratio | checks passed |",
              "|---" * (len(tasks) + 3) + "|"]
@@ -119,7 +116,8 @@ def bar_table(summary):
             checks = content["bar"].get(label, {})
             passed += sum(value is True for value in checks.values())
             checked += sum(value is not None for value in checks.values())
-            cells.append("–" if ratio is None else f"{ratio:.3f}" + (
+            loss = content["rows"].get(name, {}).get("final_val_loss", {}).get("mean")
+            cells.append("–" if ratio is None else f"{loss:.3f} ({ratio:.2f}×)" + (
                 f"; {replay['mean']:+.3f} ± {replay['sem']:.3f}" if replay and replay["sem"] is not None else ""))
         score = arm_score(summary, name)
         families.setdefault(label.rstrip("0123456789"), []).append(score)
@@ -153,6 +151,6 @@ def seed_spread_table(records):
 
 if __name__ == "__main__":
     summary = json.load(open(sys.argv[1]))
-    print(table(summary) + "\n\n" + schedules_table(summary) + "\n\n" + bar_table(summary))
+    print(bar_table(summary) + "\n\n" + baselines_table(summary) + "\n\n" + schedules_table(summary))
     if len(sys.argv) > 2:
         print("\n" + seed_spread_table([json.loads(line) for line in open(sys.argv[2]) if line.strip()]))
