@@ -2,8 +2,8 @@
 validation loss from 1e-3, its ratio to the best-of-grid cosine and its difference to its replay per
 task, with the score that picks the arm to ship (arms E, E1, E2: one arm, three training seeds); the
 methods users pick instead, a row per task, from 1e-3 and the best of their grids; each generalist's
-rate (geometric mean over the seeds) at fractions of the run, per task. Given compare.py's runs.jsonl too, how much each generalist's rate differs
-between the seeds of one task.
+rate (geometric mean over the seeds) at fractions of the run, per task. Given compare.py's runs.jsonl
+too, how much each generalist's rate differs between the seeds of one task.
 
     python experiments/generalist_table.py runs/compare/summary.json [runs/compare/runs.jsonl] > table.md
 """
@@ -28,6 +28,16 @@ def generalists(summary):
     return sorted(name for name in names if name.startswith("alrs:generalist-") and name.endswith(f"@{START}"))
 
 
+def label(method):
+    """The controller's name in a row name: alrs:generalist-E@1e-3 -> generalist-E."""
+    return method.split(":")[1].split("@")[0]
+
+
+def mean_loss(rows, name):
+    """The row's mean final validation loss, or None when it was not run."""
+    return rows.get(name, {}).get("final_val_loss", {}).get("mean")
+
+
 def cell(rows, name):
     """mean ± standard error of the final validation loss, failed runs counted, or – when not run."""
     row = rows.get(name)
@@ -47,11 +57,11 @@ def best(rows, kind, start):
 
 def baselines_table(summary):
     """The methods users pick instead, a row per task."""
-    shown = BASELINE_COLUMNS
-    lines = ["| task | " + " | ".join(h for h, _ in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    lines = ["| task | " + " | ".join(h for h, _ in BASELINE_COLUMNS) + " |",
+             "|---" * (len(BASELINE_COLUMNS) + 1) + "|"]
     for task, content in summary["tasks"].items():
         rows, cells = content["rows"], []
-        for _, column in shown:
+        for _, column in BASELINE_COLUMNS:
             if isinstance(column, tuple):
                 name = best(rows, *column)
                 start = "" if name is None or column[1] else f" ({name.split('@')[1]})"
@@ -68,15 +78,14 @@ FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)  # of the run, where the schedules table
 def schedules_table(summary):
     """Per generalist arm and task, its rate from 1e-3 at FRACTIONS of the run: whether it acts
     differently on different tasks."""
-    arms = generalists(summary)
     lines = ["| arm | task | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |",
              "|---|---" + "|---" * len(FRACTIONS) + "|"]
-    for name in arms:
+    for name in generalists(summary):
         for task, content in summary["tasks"].items():
             rates = content["rows"].get(name, {}).get("lr_geomean")
             if rates:
                 picked = [rates[round(f * (len(rates) - 1))] for f in FRACTIONS]
-                lines.append(f"| {name.split(':')[1].split('@')[0]} | {task} | "
+                lines.append(f"| {label(name)} | {task} | "
                              + " | ".join(f"{r:.1e}" for r in picked) + " |")
     return "\n".join(lines)
 
@@ -84,9 +93,8 @@ def schedules_table(summary):
 def ratio_to_best_cosine(content, name):
     """The row's mean final validation loss over the best-of-grid cosine's (None if either is missing)."""
     rows = content["rows"]
-    mean = lambda n: rows.get(n, {}).get("final_val_loss", {}).get("mean")
-    cosine = best(rows, "cosine", None)
-    return None if mean(name) is None or cosine is None else mean(name) / mean(cosine)
+    loss, cosine = mean_loss(rows, name), best(rows, "cosine", None)
+    return None if loss is None or cosine is None else loss / mean_loss(rows, cosine)
 
 
 def arm_score(summary, name):
@@ -102,26 +110,24 @@ def bar_table(summary):
     cosine and the difference to its replay (mean ± SE, paired); then the mean ratio (the selection
     score) and the bar's checks passed. An arm whose name ends in a digit is another training seed of
     the arm before the digits."""
-    arms = generalists(summary)
     tasks = list(summary["tasks"])
     lines = ["| arm | " + " | ".join(tasks) + " | mean ratio | checks passed |",
              "|---" * (len(tasks) + 3) + "|"]
     families = {}
-    for name in arms:
-        label = name.split(":")[1].split("@")[0]
+    for name in generalists(summary):
+        arm = label(name)
         cells, passed, checked = [], 0, 0
         for content in summary["tasks"].values():
             ratio = ratio_to_best_cosine(content, name)
             replay = content["differences"].get(name, {}).get("replay", {}).get("difference")
-            checks = content["bar"].get(label, {})
+            checks = content["bar"].get(arm, {})
             passed += sum(value is True for value in checks.values())
             checked += sum(value is not None for value in checks.values())
-            loss = content["rows"].get(name, {}).get("final_val_loss", {}).get("mean")
-            cells.append("–" if ratio is None else f"{loss:.3f} ({ratio:.2f}×)" + (
+            cells.append("–" if ratio is None else f"{mean_loss(content['rows'], name):.3f} ({ratio:.2f}×)" + (
                 f"; {replay['mean']:+.3f} ± {replay['sem']:.3f}" if replay and replay["sem"] is not None else ""))
         score = arm_score(summary, name)
-        families.setdefault(label.rstrip("0123456789"), []).append(score)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'–' if score is None else f'{score:.3f}'} "
+        families.setdefault(arm.rstrip("0123456789"), []).append(score)
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {'–' if score is None else f'{score:.3f}'} "
                      f"| {passed}/{checked} |")
     lines.append("")
     for family, scores in families.items():
@@ -140,7 +146,7 @@ def seed_spread_table(records):
     curves = {}
     for r in records:
         if r["method"].startswith("alrs:generalist-") and r["method"].endswith(f"@{START}") and not r["diverged"]:
-            curves.setdefault((r["method"].split(":")[1].split("@")[0], r["task"]), []).append(np.log(r["lr"]))
+            curves.setdefault((label(r["method"]), r["task"]), []).append(np.log(r["lr"]))
     lines = ["| arm | task | seeds | spread (×) |", "|---|---|---|---|"]
     for (arm, task), logs in sorted(curves.items()):
         steps = min(len(log) for log in logs)
