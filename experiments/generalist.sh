@@ -53,6 +53,8 @@ declare -A ARMS=(
   [E1]="--features relative --action-range 1.25 --seed 1"             # E, another training seed
   [E2]="--features relative --action-range 1.25 --seed 2"             # E, a third training seed
   [F]="--features relative-progress --action-range 1.5"               # B, moves up to x1.5 per action
+  [F1]="--features relative-progress --action-range 1.5 --seed 1"     # F, another training seed
+  [F2]="--features relative-progress --action-range 1.5 --seed 2"     # F, a third training seed
 )
 
 # shellcheck source=experiments/arms.sh
