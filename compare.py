@@ -7,7 +7,8 @@
 Every method trains the task's child in a plain PyTorch loop, as a user would write it: Adam with
 default betas and one scheduler call per step, for the controller (scheduler.ALRSScheduler), its
 open-loop replay, a constant rate, step decay, cosine, OneCycle and ReduceLROnPlateau, each from
-every start rate; schedule-free AdamW at each start rate; Prodigy. On a seed every method starts
+every start rate; schedule-free AdamW at each start rate; Prodigy; with several tasks, the pooled
+replay (the controller's schedule averaged over the other tasks). On a seed every method starts
 from the same initialization and trains on the same batches, so differences are paired. Each
 finished run is a line of <out>/runs.jsonl, and a rerun skips it. The report (results.md, printed;
 summary.json; compare.png) covers every finished run of the tasks and seeds asked for.
@@ -15,6 +16,7 @@ docs/compare.md describes the methods and the output.
 """
 import hashlib
 import importlib.util
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from data import DATASETS
 from models import ARCHITECTURES, build_model
 from plots import _pyplot
 from scheduler import ALRSScheduler
-from schedules import replay_schedules
+from schedules import pooled_replay, replay_schedules
 import stats
 from stats import summarize, verdict
 from tasks import Task, load_task_splits, parse_task
@@ -49,8 +51,10 @@ HELD_OUT_TASKS = ("architecture=cnn",  # an unseen child (LeNet-5)
                   "batch_size=32")  # another batch size
 START_LRS = (1e-2, 1e-3, 1e-4)
 BAR_START = 1e-3  # the bar's start: the controller from the default rate, untuned
-KINDS = ("alrs", "replay", "constant", "step_decay", "cosine", "onecycle", "plateau", "schedulefree", "prodigy")
-BASELINES = KINDS[2:]
+KINDS = ("alrs", "replay", "pooled_replay", "constant", "step_decay", "cosine", "onecycle", "plateau", "schedulefree",
+         "prodigy")
+CONTROLLED = KINDS[:3]  # the controller's rows, one per controller
+BASELINES = KINDS[3:]
 PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt"}  # optional, imported only when asked for
 STEP_DECAY_GRID = ((10, 0.9), (10, 0.5), (4, 0.9), (4, 0.5))  # (discount every total/k steps, factor)
 PLATEAU_PATIENCE = 4  # torch's count: the 5th check without a new best (50 steps) halves the rate
@@ -71,7 +75,7 @@ class Method:
     """How one row of the benchmark sets the rate, and from which start."""
     kind: str  # one of KINDS
     lr: float  # the start rate (Prodigy: its multiplier, 1)
-    controller: str | None = None  # alrs and replay: the checkpoint path (its file stem names the row)
+    controller: str | None = None  # CONTROLLED kinds: the checkpoint path (its file stem names the row)
     decay_every: int | None = None  # step decay: discount every total/decay_every steps ...
     decay_factor: float | None = None  # ... by this factor
 
@@ -80,7 +84,7 @@ class Method:
         """Stable row names (the keys of runs.jsonl): alrs:<controller>@1e-3, step_decay/10x0.5@1e-3, prodigy."""
         if self.kind == "prodigy":
             return "prodigy"
-        if self.kind in ("alrs", "replay"):
+        if self.kind in CONTROLLED:
             return f"{self.kind}:{Path(self.controller).stem}@{lr_text(self.lr)}"
         if self.kind == "step_decay":
             return f"step_decay/{self.decay_every}x{self.decay_factor:g}@{lr_text(self.lr)}"
@@ -92,7 +96,7 @@ def make_methods(kinds, controllers, lrs):
     methods = []
     for lr in lrs:
         for kind in (k for k in KINDS if k in kinds and k != "prodigy"):
-            if kind in ("alrs", "replay"):
+            if kind in CONTROLLED:
                 methods += [Method(kind, lr, path) for path in controllers]
             elif kind == "step_decay":
                 methods += [Method(kind, lr, decay_every=k, decay_factor=f) for k, f in STEP_DECAY_GRID]
@@ -154,7 +158,7 @@ def make_scheduler(method, optimizer, model, val_data, total_steps, replay=None)
     OneCycle leaves Adam's betas alone (cycle_momentum=False), so only the rate differs between rows."""
     if method.kind == "alrs":
         return make_alrs(optimizer, model, method.controller, val_data, total_steps)
-    if method.kind == "replay":  # the rates of ``replay`` (a schedules.Replay), block by block
+    if method.kind in ("replay", "pooled_replay"):  # the rates of ``replay`` (a schedules.Replay), block by block
         return lr_scheduler.LambdaLR(optimizer, lambda step: replay.next_lr(None, None, step) / method.lr)
     if method.kind == "step_decay":
         return lr_scheduler.StepLR(optimizer, max(1, total_steps // method.decay_every), method.decay_factor)
@@ -274,7 +278,8 @@ def comparisons(label, lr, chosen):
     """The rows the controller ``label`` from ``lr`` is compared with: {what: row name}; the same start
     rate's, then the best over the start rates."""
     start = lr_text(lr)
-    return {"replay": f"replay:{label}@{start}", "constant": f"constant@{start}",
+    return {"replay": f"replay:{label}@{start}", "pooled_replay": f"pooled_replay:{label}@{start}",
+            "constant": f"constant@{start}",
             "step_decay": chosen.get(f"step_decay@{start}"), "cosine": f"cosine@{start}",
             "onecycle": f"onecycle@{start}", "plateau": f"plateau@{start}",
             "cosine_best": chosen.get("cosine_best"), "schedulefree_best": chosen.get("schedulefree_best")}
@@ -486,8 +491,8 @@ def build_parser():
                    help="a controller checkpoint (repeatable), its rows named by the file stem "
                         f"(default: {PRETRAINED.name})")
     p.add_argument("--methods", nargs="+", default=list(KINDS), choices=(*KINDS, "baselines"), metavar="KIND",
-                   help=f"the methods to run, of {', '.join(KINDS)}; baselines: all but alrs and replay; "
-                        "replay runs alrs too (default: all)")
+                   help=f"the methods to run, of {', '.join(KINDS)}; baselines: all but the controller's "
+                        "rows; a replay runs alrs too (default: all)")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default: 5)")
     p.add_argument("--lrs", type=float, nargs="+", default=list(START_LRS), metavar="LR",
                    help="start rates (default: 1e-2 1e-3 1e-4)")
@@ -515,7 +520,7 @@ def parse_args(argv=None):
         if task.num_train_steps % UPDATE_FREQ or task.num_train_steps < 2 * UPDATE_FREQ:
             parser.error(f"argument --task: num_train_steps must be a multiple of {UPDATE_FREQ}, at least twice it")
     args.kinds = set(BASELINES if "baselines" in args.methods else ()) | set(args.methods) - {"baselines"}
-    args.kinds |= {"alrs"} if "replay" in args.kinds else set()
+    args.kinds |= {"alrs"} if args.kinds & {"replay", "pooled_replay"} else set()
     for kind, package in PACKAGES.items():
         if kind in args.kinds and importlib.util.find_spec(package) is None:
             parser.error(f"--methods {kind} needs the {package} package: pip install {package} "
@@ -543,13 +548,21 @@ def check_controllers(records, controllers):
                             "rename the file or use another --out")
 
 
-def run_method(method, task, data, seed, seeds, records, device):
-    """train_run's record, with a controller's name, path and digest; a replay follows the controller's
-    finished runs on the other ``seeds`` and records which seeds those were."""
+def run_method(method, task, data, seed, seeds, tasks, records, device):
+    """train_run's record, with a controller's name, path and digest. A replay follows the controller's
+    finished runs on the other ``seeds`` and records which seeds those were; a pooled replay follows
+    its runs on every seed of the other ``tasks`` (by fraction of the run) and records those tasks."""
     extra, replay = {}, None
+    alrs_name = Method("alrs", method.lr, method.controller).name if method.controller else None
     if method.kind == "replay":
-        alrs = collect(records, [task.name], seeds)[task.name][Method("alrs", method.lr, method.controller).name]
+        alrs = collect(records, [task.name], seeds)[task.name][alrs_name]
         replay, extra["replay_seeds"] = replay_schedule(alrs, seed, method.lr)
+    if method.kind == "pooled_replay":
+        others = collect(records, [t.name for t in tasks if t != task], seeds)
+        curves = [r["lr"] for runs in others.values() for r in runs.get(alrs_name, {}).values()]
+        curves = [[math.nan if rate is None else rate for rate in curve] for curve in curves]
+        replay = pooled_replay(method.lr, curves, task.num_train_steps // UPDATE_FREQ, UPDATE_FREQ)
+        extra["pooled_tasks"] = sorted(others)
     if method.controller:
         extra.update(controller=Path(method.controller).stem, controller_path=str(method.controller),
                      controller_digest=file_digest(method.controller))
@@ -569,16 +582,19 @@ def main(argv=None):
     if len(seeds) < 2 and "replay" in args.kinds:
         print("one seed: no replay (it is the other seeds' schedule)")
         methods = [m for m in methods if m.kind != "replay"]
+    if len(args.tasks) < 2 and "pooled_replay" in args.kinds:
+        print("one task: no pooled replay (it is the schedule of the other tasks)")
+        methods = [m for m in methods if m.kind != "pooled_replay"]
     done = {(r["task"], r["method"], r["seed"]) for r in records}
     todo = [(t, m, s) for t in args.tasks for m in methods for s in seeds if (t.name, m.name, s) not in done]
+    todo.sort(key=lambda item: item[1].kind == "pooled_replay")  # last: it needs every task's controller runs
     with tqdm(total=len(todo), unit="run", dynamic_ncols=True) as progress:
-        for task in dict.fromkeys(t for t, _, _ in todo):
+        for task, group in itertools.groupby(todo, key=lambda item: item[0]):
             data = load_data(task, args.data_dir, device)
-            mine = [(m, s) for t, m, s in todo if t == task]
-            # the replays last: each needs the controller's runs on every other seed
-            for method, seed in sorted(mine, key=lambda item: (item[0].kind == "replay", item[1])):
+            # the replays after the controller's runs: each needs them on every other seed
+            for _, method, seed in sorted(group, key=lambda item: (item[1].kind == "replay", item[2])):
                 progress.set_postfix_str(f"{task.name} {method.name} seed {seed}")
-                record = run_method(method, task, data, seed, seeds, records, device)
+                record = run_method(method, task, data, seed, seeds, args.tasks, records, device)
                 append_jsonl(out / "runs.jsonl", record)
                 records.append(record)
                 progress.update()

@@ -65,6 +65,27 @@ def replay_schedules(initial_lr, lr_curves, update_freq):
     return replays
 
 
+def pooled_replay(initial_lr, lr_curves, num_blocks, update_freq):
+    """A Replay of ``num_blocks`` blocks: at each, the geometric mean of the rates that runs of other
+    lengths chose at the same fraction of their run (the block whose middle falls there).
+
+    ``lr_curves``: rate curves as run_episode records them (entry 0 the initial rate, then one rate per
+    block; NaN after a divergence, skipped), of any lengths. A block where no run has a rate keeps the
+    one before. One schedule for runs it cannot tell apart: the open-loop control of a controller's
+    adaptation across tasks."""
+    fractions = (np.arange(num_blocks) + 0.5) / num_blocks
+    log_rates = []
+    for curve in lr_curves:
+        blocks = np.log(np.asarray(curve, dtype=float)[1:])
+        log_rates.append(blocks[np.minimum((fractions * len(blocks)).astype(int), len(blocks) - 1)])
+    log_rates = np.array(log_rates)
+    finite = np.isfinite(log_rates)
+    mean = np.where(finite, log_rates, 0).sum(0) / np.maximum(finite.sum(0), 1)
+    for k in np.flatnonzero(finite.sum(0) == 0):
+        mean[k] = mean[k - 1] if k else math.log(initial_lr)
+    return Replay(initial_lr, np.exp(mean), update_freq)
+
+
 def baseline_schedule(run, num_train_steps):
     """The schedule of a baselines.py run record (its ``kind`` is one of BASELINE_KINDS)."""
     if run["kind"] == "constant":

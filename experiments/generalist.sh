@@ -12,8 +12,8 @@
 # Fashion-MNIST with 50% label noise, a 2000-step horizon and batch 32. A stopped arm continues where
 # it stopped when trained again (train.py --resume). A second held-out set, fixed before any arm was
 # run on it and never used to choose an arm: batch 512; 2000 training images; 7-pixel images; MNIST
-# at batch 32 over 1000 steps. `compare` tests each arm's latest.pt and its replay from 1e-3 (the
-# bar's start; LRS for others), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
+# at batch 32 over 1000 steps. `compare` tests each arm's latest.pt, its replay and its pooled replay
+# (its schedule on the set's other tasks) from 1e-3 (the bar's start; LRS for others), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
 # cosine from every start for the best of its grid, schedule-free AdamW and a constant rate from every start).
 # Which arm is shipped is decided on the first set alone, from 1e-3: the lowest mean, over its four
 # tasks, of the arm's final validation loss over the best-of-grid cosine's, averaged over the arm's
@@ -75,7 +75,8 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
     cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/generalist-$1.pt"
     # shellcheck disable=SC2086
-    compare "$out" --controller "$RUNS/controllers/generalist-$1.pt" --methods replay --lrs ${LRS:-1e-3}
+    compare "$out" --controller "$RUNS/controllers/generalist-$1.pt" --methods replay pooled_replay \
+      --lrs ${LRS:-1e-3}
   fi > "$RUNS/logs/compare-$HELD_OUT-$1.log" 2>&1
   echo "$1 compared on the $HELD_OUT held-out set"
 }

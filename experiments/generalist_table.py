@@ -3,7 +3,8 @@ validation loss from 1e-3, its ratio to the best-of-grid cosine and its differen
 task, with the score that picks the arm to ship (arms E, E1, E2: one arm, three training seeds); the
 methods users pick instead, a row per task, from 1e-3 and the best of their grids; each generalist's
 rate (geometric mean over the seeds) at fractions of the run, per task. Given compare.py's runs.jsonl
-too, how much each generalist's rate differs between the seeds of one task.
+too, how much each generalist's rate differs between the seeds of one task, and how much any
+controller could gain on a task by picking its schedule per run rather than one for every run.
 
     python experiments/generalist_table.py runs/compare/summary.json [runs/compare/runs.jsonl] > table.md
 """
@@ -155,8 +156,52 @@ def seed_spread_table(records):
     return "\n".join(lines)
 
 
+OPEN_LOOP = ("constant", "cosine", "onecycle", "step_decay", "replay")  # kinds whose rates ignore the run
+
+
+def headroom_table(records):
+    """Per task: the open-loop schedule that is best on average over the seeds, against the best
+    open-loop schedule of each seed (mean over the seeds). Their difference bounds what acting on
+    the run can gain over one fixed schedule: a controller beats its replay by more than two
+    standard errors (last column) only where this headroom is larger. It is an upper bound: the
+    per-seed minimum also picks each seed's luck."""
+    losses = {}  # (task, method) -> {seed: final validation loss, inf where it diverged}
+    for r in records:
+        if r["kind"] in OPEN_LOOP:
+            losses.setdefault((r["task"], r["method"]), {})[r["seed"]] = (
+                np.inf if r["diverged"] else r["final_val_loss"])
+    lines = ["| task | open-loop schedules | best on average | best per seed | headroom "
+             "| 2 SE, controller − replay (median) |", "|---|---|---|---|---|---|"]
+    for task in sorted({task for task, _ in losses}):
+        seeds = sorted(set().union(*(s for (t, _), s in losses.items() if t == task)))
+        schedules = {m: s for (t, m), s in losses.items() if t == task and len(s) == len(seeds)}  # every seed
+        table = np.array([[schedules[m][s] for s in seeds] for m in schedules])  # (schedules, seeds)
+        best_row = table.mean(1).argmin()
+        fixed, per_seed = table[best_row].mean(), table.min(0).mean()
+        twice_se = [2 * np.std(d, ddof=1) / np.sqrt(len(d)) for d in replay_differences(records, task)]
+        lines.append(f"| {task} | {len(table)} | {list(schedules)[best_row]}: {fixed:.3f} | {per_seed:.3f} "
+                     f"| {fixed - per_seed:.4f} ({(fixed - per_seed) / fixed:.1%}) "
+                     f"| {np.median(twice_se) if twice_se else float('nan'):.4f} |")
+    return "\n".join(lines)
+
+
+def replay_differences(records, task):
+    """Each generalist's paired differences to its replay on ``task`` from START, over the seeds both ran."""
+    runs = {(r["method"], r["seed"]): r["final_val_loss"] for r in records
+            if r["task"] == task and not r["diverged"]}
+    controllers = {m for m, _ in runs if m.startswith("alrs:generalist-") and m.endswith(f"@{START}")}
+    differences = []
+    for method in sorted(controllers):
+        replay = method.replace("alrs:", "replay:", 1)
+        pairs = [(loss, runs[(replay, s)]) for (m, s), loss in runs.items() if m == method and (replay, s) in runs]
+        if len(pairs) > 1:
+            differences.append(np.array([a - b for a, b in pairs]))
+    return differences
+
+
 if __name__ == "__main__":
     summary = json.load(open(sys.argv[1]))
     print(bar_table(summary) + "\n\n" + baselines_table(summary) + "\n\n" + schedules_table(summary))
     if len(sys.argv) > 2:
-        print("\n" + seed_spread_table([json.loads(line) for line in open(sys.argv[2]) if line.strip()]))
+        records = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
+        print("\n" + seed_spread_table(records) + "\n\n" + headroom_table(records))

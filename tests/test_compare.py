@@ -13,7 +13,7 @@ import torch
 import compare
 from compare import Method
 from conftest import ROOT
-from schedules import Replay
+from schedules import Replay, pooled_replay
 from tasks import Task
 from utils import run_cli
 
@@ -97,6 +97,31 @@ def test_replay_is_the_other_seeds_geometric_mean():
     alrs[0]["lr"] = [1e-3, 1e-5, 1e-5]  # the seed's own curve plays no part
     assert compare.replay_schedule(alrs, 0, 1e-3)[0].block_rates == pytest.approx([2e-3, 4e-3])
     assert [replay.next_lr(None, None, step) for step in (0, 9, 10, 19)] == pytest.approx([2e-3, 2e-3, 4e-3, 4e-3])
+
+
+def test_pooled_replay_averages_other_runs_at_the_same_fraction_of_the_run():
+    long_run = [1e-3, 1e-3, 2e-3, 4e-3, 8e-3]  # 4 blocks: at fractions 1/4 and 3/4 of the run, 2e-3 and 8e-3
+    short_run = [1e-3, 8e-3, None]  # 2 blocks, diverged in the second
+    pooled = pooled_replay(1e-3, [[math.nan if r is None else r for r in short_run], long_run], 2, 10)
+    assert pooled.block_rates == pytest.approx([4e-3, 8e-3])  # sqrt(2e-3 x 8e-3); the NaN skipped
+    stretched = pooled_replay(1e-3, [[1e-3, 1e-3, 1e-2]], 4, 10)
+    assert stretched.block_rates == pytest.approx([1e-3, 1e-3, 1e-2, 1e-2])
+
+
+def test_the_pooled_replay_follows_the_controller_on_the_other_tasks_only(tiny_data, monkeypatch):
+    task, data = tiny_data
+    other, path = Task(dataset="mnist", num_train_steps=40), str(PRETRAINED)
+    alrs = Method("alrs", 1e-3, path).name
+    records = [{"task": other.name, "method": alrs, "seed": seed, "lr": [1e-3, 1e-3, 4e-3, 4e-3, 1e-2]}
+               for seed in (0, 1)]
+    records.append({"task": task.name, "method": alrs, "seed": 1, "lr": [1e-3, 1e-5, 1e-5]})  # its own task's: unused
+    def rates_of_its_blocks(method, task, data, seed, device, replay):
+        return {"rates": [replay.next_lr(None, None, step) for step in range(0, task.num_train_steps, 10)]}
+    monkeypatch.setattr(compare, "train_run", rates_of_its_blocks)
+    result = compare.run_method(Method("pooled_replay", 1e-3, path), task, data, 0, [0, 1], [task, other],
+                                records, "cpu")
+    assert result["rates"] == pytest.approx([4e-3, 1e-2])  # the other task's blocks at 1/4 and 3/4 of its run
+    assert result["pooled_tasks"] == [other.name] and result["controller"] == "fa-mnist_mlp_stable"
 
 
 def test_batches_are_shuffled_epochs_without_the_partial_batch():
@@ -207,6 +232,18 @@ def test_cli_end_to_end_resumes_and_adds_a_controller(mnist_dir, tmp_path):
     assert added[0]["final_val_loss"] == next(r["final_val_loss"] for r in records
                                               if r["method"] == same and r["seed"] == added[0]["seed"])
     assert "alrs:again@1e-3 − row" in stdout and "The bar: again" in stdout
+
+
+def test_cli_runs_the_pooled_replay_after_every_task_s_controller_runs(mnist_dir, tmp_path):
+    out, longer = tmp_path / "compare", TINY_TASK.replace("num_train_steps=20", "num_train_steps=40")
+    code, stdout, stderr = run("--data-dir", mnist_dir, "--out", out, "--seeds", 2, "--task", TINY_TASK,
+                               "--task", longer, "--methods", "pooled_replay", "--lrs", "1e-3", "--device", "cpu")
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["alrs"] * 4 + ["pooled_replay"] * 4
+    short, long = records[0]["task"], records[2]["task"]
+    assert [r["pooled_tasks"] for r in records[4:]] == [[long], [long], [short], [short]]
+    assert "pooled_replay:fa-mnist_mlp_stable@1e-3" in stdout and "one task" not in stdout
 
 
 @pytest.mark.parametrize("argv, message", [
