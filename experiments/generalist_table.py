@@ -1,6 +1,7 @@
 """The generalist study's held-out tables from compare.py's summary.json: each generalist's final
 validation loss from 1e-3, its ratio to the best-of-grid cosine and its difference to its replay per
-task, with the score that picks the arm to ship (arms E, E1, E2: one arm, three training seeds); the
+task, with the score that picks the arm to ship (arms E, E1, E2: one arm, three training seeds), and
+its difference to its pooled replay (its schedule on the other tasks); the
 methods users pick instead, a row per task, from 1e-3 and the best of their grids; each generalist's
 rate (geometric mean over the seeds) at fractions of the run, per task. Given compare.py's runs.jsonl
 too, how much each generalist's rate differs between the seeds of one task, and how much any
@@ -88,6 +89,27 @@ def schedules_table(summary):
                 picked = [rates[round(f * (len(rates) - 1))] for f in FRACTIONS]
                 lines.append(f"| {label(name)} | {task} | "
                              + " | ".join(f"{r:.1e}" for r in picked) + " |")
+    return "\n".join(lines)
+
+
+def pooled_table(summary):
+    """Per generalist and task from 1e-3: the controller minus its pooled replay (its schedule on the
+    set's other tasks, played back open loop), paired, mean ± SE; then on how many tasks it is better
+    and worse by more than two standard errors. Better: its schedules for different tasks pay."""
+    tasks = list(summary["tasks"])
+    lines = ["| arm | " + " | ".join(tasks) + " | better | worse |", "|---" * (len(tasks) + 3) + "|"]
+    for name in generalists(summary):
+        cells, better, worse = [], 0, 0
+        for content in summary["tasks"].values():
+            diff = content["differences"].get(name, {}).get("pooled_replay", {}).get("difference")
+            if diff is None or diff["sem"] is None:
+                cells.append("–")
+                continue
+            better += diff["mean"] < -2 * diff["sem"]
+            worse += diff["mean"] > 2 * diff["sem"]
+            cells.append(f"{diff['mean']:+.3f} ± {diff['sem']:.3f}")
+        if set(cells) != {"–"}:
+            lines.append(f"| {label(name)} | " + " | ".join(cells) + f" | {better} | {worse} |")
     return "\n".join(lines)
 
 
@@ -201,7 +223,8 @@ def replay_differences(records, task):
 
 if __name__ == "__main__":
     summary = json.load(open(sys.argv[1]))
-    print(bar_table(summary) + "\n\n" + baselines_table(summary) + "\n\n" + schedules_table(summary))
+    print("\n\n".join([bar_table(summary), pooled_table(summary), baselines_table(summary),
+                       schedules_table(summary)]))
     if len(sys.argv) > 2:
         records = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
         print("\n" + seed_spread_table(records) + "\n\n" + headroom_table(records))
