@@ -178,7 +178,7 @@ def seed_spread_table(records):
     return "\n".join(lines)
 
 
-OPEN_LOOP = ("constant", "cosine", "onecycle", "step_decay", "replay")  # kinds whose rates ignore the run
+OPEN_LOOP = ("constant", "cosine", "onecycle", "step_decay", "replay", "pooled_replay")  # kinds whose rates ignore the run
 
 
 def headroom_table(records):
