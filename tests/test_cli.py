@@ -150,8 +150,8 @@ def test_transfer_to_another_dataset_and_child_is_flagged(trained, mnist_dir):
 @pytest.mark.slow
 def test_cifar10_resnet_discrete_trains_a_controller(mnist_dir, tmp_path):
     out = run("train.py", "--dataset", "cifar10", "--architecture", "resnet", "--discrete", "1",
-              "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--ppo2-update-freq", "3",
-              "--ppo2-total-timesteps", "6", "--ppo2-nminibatches", "2").stdout
+              "--image-size", "16", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--ppo2-update-freq", "3",
+              "--ppo2-total-timesteps", "6", "--ppo2-nminibatches", "2").stdout  # 16 px: a quarter of the work
     run_dir = tmp_path / experiment_id(out)
     assert run_dir.name.startswith("cifar10_resnet_discrete_")
     state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)

@@ -109,12 +109,12 @@ def child_processes(pid):
 
 @pytest.mark.slow
 def test_torchrun_training_writes_one_experiment_and_resumes_after_a_rank_is_killed(mnist_dir, tmp_path):
-    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--ppo2-total-timesteps", "64"]
+    common = ["--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--ppo2-total-timesteps", "48"]
     out = torchrun("train.py", *common, "--tb-suffix", "reference").stdout
     assert "the controller is identical on all 2 processes" in out  # checked after the last update
     (reference,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # one experiment folder
     updates = jsonl(reference / "updates.jsonl")
-    assert [(u["world_size"], u["timesteps"]) for u in updates] == [(2, 16 * n) for n in (1, 2, 3, 4)]  # all ranks
+    assert [(u["world_size"], u["timesteps"]) for u in updates] == [(2, 16 * n) for n in (1, 2, 3)]  # all ranks
     episodes = jsonl(reference / "episodes.jsonl")
     assert {e["env"] for e in episodes} == {0, 1, 2, 3}  # rank 1's environments are 2 and 3
     assert [e["episode"] for e in episodes] == list(range(1, len(episodes) + 1))
@@ -127,7 +127,7 @@ def test_torchrun_training_writes_one_experiment_and_resumes_after_a_rank_is_kil
     job = torchrun("train.py", *common, "--tb-suffix", "killed", wait=False)
     deadline = time.time() + 120
     while not (list(tmp_path.glob("*killed/updates.jsonl"))
-               and len(jsonl(next(tmp_path.glob("*killed/updates.jsonl")))) >= 2):
+               and len(jsonl(next(tmp_path.glob("*killed/updates.jsonl")))) >= 1):
         assert job.poll() is None and time.time() < deadline, job.communicate()
         time.sleep(0.1)
     ranks = child_processes(job.pid)  # torchrun's workers
@@ -136,7 +136,7 @@ def test_torchrun_training_writes_one_experiment_and_resumes_after_a_rank_is_kil
     _, err = job.communicate(timeout=120)
     assert job.returncode != 0 and "FAILED" in err
     killed = next(tmp_path.glob("*killed"))
-    assert len(jsonl(killed / "updates.jsonl")) < 4
+    assert len(jsonl(killed / "updates.jsonl")) < 3
     assert "resuming at update" in torchrun("train.py", "--resume", killed.name, "--runs-dir", tmp_path,
                                             "--device", "cpu").stdout
     drop = lambda records: [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
@@ -158,7 +158,7 @@ def test_two_process_baselines_and_test_equal_one_process(mnist_dir, tmp_path):
     outputs = []
     for runs, launch in ((one, run), (two, torchrun)):
         run_id = next(runs.glob("*_c")).name
-        launch("test.py", "--test-id", run_id, "--runs-dir", runs, "--data-dir", mnist_dir, "--test-runs", "3",
+        launch("test.py", "--test-id", run_id, "--runs-dir", runs, "--data-dir", mnist_dir, "--test-runs", "2",
                "--test-deterministic", "0", "--test-schedule", "latest")
         outputs.append(json.loads(next(runs.glob("*_c/test/*/results.json")).read_text()))
     assert outputs[0]["seeds"] == outputs[1]["seeds"]
