@@ -317,13 +317,12 @@ def test_resume_without_latest_pt_refuses_and_keeps_the_records(mnist_dir, tmp_p
     assert records == {name: (run_dir / name).read_text() for name in records} and all(records.values())
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and kill or a job scheduler
 @pytest.mark.slow
-def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path, stop):
+def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path):
     process = start("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO,
                     "--ppo2-total-timesteps", "800")
     wait_for(lambda: any(tmp_path.glob("*/checkpoints/latest.pt")), process)
-    process.send_signal(stop)
+    process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "Traceback" not in err and "python train.py --resume" in err
@@ -331,10 +330,10 @@ def test_ctrl_c_stops_train_cleanly_with_a_resume_hint(mnist_dir, tmp_path, stop
     assert torch.load(latest, weights_only=True)["update"] >= 1
 
 
-def test_ctrl_c_in_baselines_says_how_to_continue(mnist_dir, tmp_path):
+def test_sigterm_in_baselines_stops_as_ctrl_c_and_says_how_to_continue(mnist_dir, tmp_path):
     process = start("baselines.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, "--num-envs", "1")
     wait_for(lambda: any(tmp_path.glob("baselines/*/results.jsonl")), process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)  # kill or a job scheduler: the same clean stop as Ctrl-C (run_cli)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err
     assert re.search(r"stopped: \d+ finished runs are saved in .*; the same command again continues", err), err
