@@ -181,7 +181,7 @@ def seed_spread_table(records):
 OPEN_LOOP = ("constant", "cosine", "onecycle", "step_decay", "replay", "pooled_replay")  # kinds whose rates ignore the run
 
 
-def headroom_table(records):
+def headroom_table(summary, records):
     """Per task: the open-loop schedule that is best on average over the seeds, against the best
     open-loop schedule of each seed (mean over the seeds). Their difference bounds what acting on
     the run can gain over one fixed schedule: a controller beats its replay by more than two
@@ -200,25 +200,13 @@ def headroom_table(records):
         table = np.array([[schedules[m][s] for s in seeds] for m in schedules])  # (schedules, seeds)
         best_row = table.mean(1).argmin()
         fixed, per_seed = table[best_row].mean(), table.min(0).mean()
-        twice_se = [2 * np.std(d, ddof=1) / np.sqrt(len(d)) for d in replay_differences(records, task)]
+        differences = summary["tasks"][task]["differences"]
+        twice_se = [2 * diff["sem"] for name in generalists(summary)
+                    if (diff := differences.get(name, {}).get("replay", {}).get("difference"))]
         lines.append(f"| {task} | {len(table)} | {list(schedules)[best_row]}: {fixed:.3f} | {per_seed:.3f} "
                      f"| {fixed - per_seed:.4f} ({(fixed - per_seed) / fixed:.1%}) "
                      f"| {np.median(twice_se) if twice_se else float('nan'):.4f} |")
     return "\n".join(lines)
-
-
-def replay_differences(records, task):
-    """Each generalist's paired differences to its replay on ``task`` from START, over the seeds both ran."""
-    runs = {(r["method"], r["seed"]): r["final_val_loss"] for r in records
-            if r["task"] == task and not r["diverged"]}
-    controllers = {m for m, _ in runs if m.startswith("alrs:generalist-") and m.endswith(f"@{START}")}
-    differences = []
-    for method in sorted(controllers):
-        replay = method.replace("alrs:", "replay:", 1)
-        pairs = [(loss, runs[(replay, s)]) for (m, s), loss in runs.items() if m == method and (replay, s) in runs]
-        if len(pairs) > 1:
-            differences.append(np.array([a - b for a, b in pairs]))
-    return differences
 
 
 if __name__ == "__main__":
@@ -227,4 +215,4 @@ if __name__ == "__main__":
                        schedules_table(summary)]))
     if len(sys.argv) > 2:
         records = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
-        print("\n" + seed_spread_table(records) + "\n\n" + headroom_table(records))
+        print("\n" + seed_spread_table(records) + "\n\n" + headroom_table(summary, records))
