@@ -560,7 +560,6 @@ def run_method(method, task, data, seed, seeds, tasks, records, device):
     if method.kind == "pooled_replay":
         others = collect(records, [t.name for t in tasks if t != task], seeds)
         curves = [r["lr"] for runs in others.values() for r in runs.get(alrs_name, {}).values()]
-        curves = [[math.nan if rate is None else rate for rate in curve] for curve in curves]
         replay = pooled_replay(method.lr, curves, task.num_train_steps // UPDATE_FREQ, UPDATE_FREQ)
         extra["pooled_tasks"] = sorted(name for name, runs in others.items() if alrs_name in runs)
     if method.controller:

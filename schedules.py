@@ -52,17 +52,8 @@ def replay_schedules(initial_lr, lr_curves, update_freq):
     rate of the block that ended at observation t; NaN after a divergence, skipped; a block no other
     seed reached keeps the last rate)."""
     log_rates = np.log(np.asarray(lr_curves, dtype=float)[:, 1:])
-    replays = []
-    for j in range(len(log_rates)):
-        others = np.delete(log_rates, j, axis=0)
-        finite = np.isfinite(others)
-        count = finite.sum(0)
-        mean = np.where(count > 0, np.where(finite, others, 0).sum(0) / np.maximum(count, 1), np.nan)
-        for k in range(len(mean)):  # hold the last rate where no other seed got
-            if not np.isfinite(mean[k]):
-                mean[k] = mean[k - 1] if k else math.log(initial_lr)
-        replays.append(Replay(initial_lr, np.exp(mean), update_freq))
-    return replays
+    return [geometric_mean_replay(initial_lr, np.delete(log_rates, j, axis=0), update_freq)
+            for j in range(len(log_rates))]
 
 
 def pooled_replay(initial_lr, lr_curves, num_blocks, update_freq):
@@ -76,12 +67,18 @@ def pooled_replay(initial_lr, lr_curves, num_blocks, update_freq):
     fractions = (np.arange(num_blocks) + 0.5) / num_blocks
     log_rates = []
     for curve in lr_curves:
-        blocks = np.log(np.asarray(curve, dtype=float)[1:])
+        blocks = np.log(np.asarray(curve, dtype=float)[1:])  # None (after a divergence): NaN
         log_rates.append(blocks[np.minimum((fractions * len(blocks)).astype(int), len(blocks) - 1)])
-    log_rates = np.array(log_rates)
+    return geometric_mean_replay(initial_lr, np.array(log_rates), update_freq)
+
+
+def geometric_mean_replay(initial_lr, log_rates, update_freq):
+    """A Replay of the geometric mean over the runs of ``log_rates`` (runs, blocks), NaN skipped; a
+    block that no run reached keeps the rate of the block before (the first, ``initial_lr``)."""
     finite = np.isfinite(log_rates)
-    mean = np.where(finite, log_rates, 0).sum(0) / np.maximum(finite.sum(0), 1)
-    for k in np.flatnonzero(finite.sum(0) == 0):
+    count = finite.sum(0)
+    mean = np.where(finite, log_rates, 0).sum(0) / np.maximum(count, 1)
+    for k in np.flatnonzero(count == 0):
         mean[k] = mean[k - 1] if k else math.log(initial_lr)
     return Replay(initial_lr, np.exp(mean), update_freq)
 

@@ -13,8 +13,9 @@
 # it stopped when trained again (train.py --resume). A second held-out set, fixed before any arm was
 # run on it and never used to choose an arm: batch 512; 2000 training images; 7-pixel images; MNIST
 # at batch 32 over 1000 steps. `compare` tests each arm's latest.pt, its replay and its pooled replay
-# (its schedule on the set's other tasks) from 1e-3 (the bar's start; LRS for others), and runs the baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3,
-# cosine from every start for the best of its grid, schedule-free AdamW and a constant rate from every start).
+# (its schedule on the set's other tasks) from 1e-3 (the bar's start; LRS for others), and runs the
+# baselines the bar names (constant, cosine, ReduceLROnPlateau from 1e-3, cosine from every start for
+# the best of its grid, schedule-free AdamW and a constant rate from every start).
 # Which arm is shipped is decided on the first set alone, from 1e-3: the lowest mean, over its four
 # tasks, of the arm's final validation loss over the best-of-grid cosine's, averaged over the arm's
 # training seeds, provided no seed of it failed there, and lower than the shipped arm A's; of that

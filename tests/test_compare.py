@@ -102,7 +102,7 @@ def test_replay_is_the_other_seeds_geometric_mean():
 def test_pooled_replay_averages_other_runs_at_the_same_fraction_of_the_run():
     long_run = [1e-3, 1e-3, 2e-3, 4e-3, 8e-3]  # 4 blocks: at fractions 1/4 and 3/4 of the run, 2e-3 and 8e-3
     short_run = [1e-3, 8e-3, None]  # 2 blocks, diverged in the second
-    pooled = pooled_replay(1e-3, [[math.nan if r is None else r for r in short_run], long_run], 2, 10)
+    pooled = pooled_replay(1e-3, [short_run, long_run], 2, 10)
     assert pooled.block_rates == pytest.approx([4e-3, 8e-3])  # sqrt(2e-3 x 8e-3); the NaN skipped
     stretched = pooled_replay(1e-3, [[1e-3, 1e-3, 1e-2]], 4, 10)
     assert stretched.block_rates == pytest.approx([1e-3, 1e-3, 1e-2, 1e-2])
