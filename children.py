@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from models import build_model, has_buffers, output_layer_name
+from optimizers import OptimizerSpec, evaluation_mode
 
 EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
 PRECISIONS = ("fp32", "bf16")
@@ -167,23 +168,29 @@ class VmapChildren:
 
 
 class ModuleChildren:
-    """E children as separate nn.Modules, each with its own torch.optim.Adam (any architecture).
+    """E children as separate nn.Modules, each with its own optimizer (any architecture, any optimizer
+    of optimizers.OptimizerSpec; ``total_steps``: the episode's length, for schedule-free's warm-up).
 
     ``channels_last``: convolutions in NHWC memory (faster on a GPU's tensor cores); ``compile``: each
     child's forward through torch.compile ("reduce-overhead", i.e. CUDA graphs, on a GPU)."""
 
-    def __init__(self, template, num, device, precision="fp32", compile=False, channels_last=False):
+    def __init__(self, template, num, device, precision="fp32", compile=False, channels_last=False,
+                 optimizer=OptimizerSpec(), total_steps=1000):
         self.device, self.precision = torch.device(device), precision
+        self.optimizer_spec, self.total_steps = optimizer, total_steps
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.models = [copy.deepcopy(template).to(device, memory_format=self.memory_format) for _ in range(num)]
-        self.optimizers = [torch.optim.Adam(m.parameters()) for m in self.models]
+        self.optimizers = [self._optimizer(m) for m in self.models]
         self.weight_key = output_layer_name(template) + ".weight"
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         self.forwards = [torch.compile(m, mode=mode) if compile else m for m in self.models]
 
     def load_child(self, index, model):
         self.models[index].load_state_dict(model.state_dict())
-        self.optimizers[index] = torch.optim.Adam(self.models[index].parameters())
+        self.optimizers[index] = self._optimizer(self.models[index])
+
+    def _optimizer(self, model):
+        return self.optimizer_spec.build(model.parameters(), 1e-3, self.total_steps)  # the rate is set per block
 
     def _input(self, images):
         return to_float(images).contiguous(memory_format=self.memory_format)  # images are (N, C, H, W)
@@ -206,9 +213,9 @@ class ModuleChildren:
     @torch.no_grad()
     def logits(self, images):
         outputs = []
-        for model, forward in zip(self.models, self.forwards):
+        for model, forward, optimizer in zip(self.models, self.forwards, self.optimizers):
             model.eval()
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.precision), evaluation_mode(optimizer):
                 outputs.append(torch.cat([forward(self._input(chunk)).float() for chunk in images.split(EVAL_CHUNK)]))
         return torch.stack(outputs)
 
@@ -226,21 +233,25 @@ class ModuleChildren:
             optimizer.load_state_dict(optimizer_state)
 
 
-def make_children(architecture, splits, num, device, backend="auto", precision="fp32", compile=False):
+def make_children(architecture, splits, num, device, backend="auto", precision="fp32", compile=False,
+                  optimizer=OptimizerSpec(), total_steps=1000):
     """Children for ``num`` environments. ``auto``: vmap on a GPU for models without BatchNorm
-    buffers (one launch sequence for all children); otherwise one module each, which is as fast
-    or faster on a CPU, where vmap of a convolution gains nothing. Module children of a convolutional
-    network use channels_last on a GPU; ``compile`` applies to module children."""
+    buffers that train with plain Adam (one launch sequence for all children); otherwise one module
+    each, which is as fast or faster on a CPU, where vmap of a convolution gains nothing. Module
+    children of a convolutional network use channels_last on a GPU; ``compile`` applies to module children."""
     template = build_model(architecture, splits.in_channels, splits.image_size, splits.num_classes)
     on_gpu = torch.device(device).type == "cuda"
     if backend == "auto":
-        backend = "vmap" if on_gpu and not has_buffers(template) else "module"
+        backend = "vmap" if on_gpu and not has_buffers(template) and optimizer.plain_adam else "module"
     if backend == "vmap" and has_buffers(template):
         raise ValueError(f"{architecture} has BatchNorm buffers and cannot be trained under vmap")
+    if backend == "vmap" and not optimizer.plain_adam:
+        raise ValueError(f"vmap children train with Adam's defaults only, not {optimizer}")
     if backend == "vmap":
         return VmapChildren(template, num, device, precision)
     convolutional = any(isinstance(m, torch.nn.Conv2d) for m in template.modules())
-    return ModuleChildren(template, num, device, precision, compile, channels_last=on_gpu and convolutional)
+    return ModuleChildren(template, num, device, precision, compile, on_gpu and convolutional, optimizer,
+                          total_steps)
 
 
 class BatchSampler:

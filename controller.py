@@ -5,7 +5,9 @@ take these from here, so a controller sees and acts the same way wherever it run
 - Rates: the range every rate is clipped to (``clip_lr``) and the start rates (``start_lrs``).
 - Observations: the reference's 7 features (``observation_features``) or the scale-free ones
   (``relative_features``), by name in ``FEATURES``.
-- Actions: ``apply_action`` (discrete, or a continuous factor) and the continuous action's bounds.
+- Actions: ``apply_action`` (discrete, or a continuous factor) and the continuous action's bounds;
+  with an anchor (opt-in), the rate they set multiplies a base schedule (``anchor_factor``) and stays
+  within a bounded factor of the start (``bound_to_anchor``).
 - ``Controller``: a policy with its frozen normalizer, as a schedule (``next_lr``).
 - Checkpoints: ``controller_state`` writes what ``load_controller`` reads back as a ``Controller``.
 """
@@ -28,6 +30,8 @@ RELATIVE_FEATURES = ("log_train_over_val", "log_val_over_first", "log_val_over_c
                      "log_prediction_change", "log_lr", "log_lr_over_initial")  # scale-free (relative_features)
 FEATURES = {"reference": REFERENCE_FEATURES, "relative": RELATIVE_FEATURES,
             "relative-progress": RELATIVE_FEATURES + ("progress",)}  # what a controller observes, by --features
+ANCHORS = ("none", "constant", "cosine")  # the base schedule the controlled rate multiplies (none: the reference's)
+DEFAULT_ANCHOR_RANGE = 100.0  # an anchored rate stays within this factor of the start (1e-4 reaches 1e-2)
 TINY = 1e-30  # floor under the ratios whose logarithm is a feature (a fresh child's are exactly 1, never 0)
 CHECKPOINT_FORMAT = "alrs-controller-1"
 
@@ -117,6 +121,23 @@ def apply_action(lr, action, discrete, action_range, action_param="clip"):
     return clip_lr(lr * factor)
 
 
+def anchor_factor(anchor, progress):
+    """The base schedule at ``progress`` (the fraction of the run done, a number or an array) that an
+    anchored controller's rate multiplies: cosine annealing's 0.5 (1 + cos(pi p)), or 1."""
+    progress = np.asarray(progress, dtype=np.float64)
+    if anchor == "cosine":
+        return 0.5 * (1 + np.cos(np.pi * np.clip(progress, 0.0, 1.0)))
+    return np.ones_like(progress)
+
+
+def bound_to_anchor(lr, initial_lr, anchor, anchor_range):
+    """The controlled rate of an anchored controller kept within ``anchor_range`` of the start (its
+    corrections to the base schedule are bounded); without an anchor, ``lr`` itself."""
+    if anchor == "none":
+        return lr
+    return np.clip(lr, np.asarray(initial_lr) / anchor_range, np.asarray(initial_lr) * anchor_range)
+
+
 def action_bounds(action_param, action_range):
     """The interval outside which a continuous action is clipped, (low, high)."""
     return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
@@ -137,25 +158,30 @@ class Controller:
     features: str = "reference"  # the observation it expects (a key of FEATURES)
     initial_lr: float | None = None
     deterministic: bool = True
+    anchor: str = "none"  # the base schedule its rate multiplies (a key of ANCHORS)
+    anchor_range: float = DEFAULT_ANCHOR_RANGE
 
     def starting_at(self, initial_lr, agent=None):
         """This controller from rate ``initial_lr`` (with another policy ``agent``, if given)."""
         return replace(self, initial_lr=initial_lr, agent=agent or self.agent)
 
     def next_lr(self, obs, lr, step):
+        """The next controlled rate (an anchored controller's before its base schedule) from ``lr``."""
         normalized = torch.as_tensor(self.normalizer.observation(np.asarray(obs)[None]))
         action, _, _ = self.agent.act(normalized, deterministic=self.deterministic)
-        return float(apply_action(np.array([lr]), action.numpy(), self.agent.discrete,
-                                  self.action_range, self.action_param)[0])
+        lr = apply_action(np.array([lr]), action.numpy(), self.agent.discrete, self.action_range, self.action_param)
+        return float(bound_to_anchor(lr, self.initial_lr, self.anchor, self.anchor_range)[0])
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def controller_state(agent, normalizer, action_range, action_param="clip", features="reference"):
-    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics and
-    the observation it expects (a key of FEATURES)."""
+def controller_state(agent, normalizer, action_range, action_param="clip", features="reference", anchor="none",
+                     anchor_range=DEFAULT_ANCHOR_RANGE):
+    """What a learned schedule needs at test time: weights, frozen normalizer, action semantics (with
+    the anchor) and the observation it expects (a key of FEATURES)."""
     return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
-            "action_param": action_param, "features": features, "agent": agent.state_dict(),
+            "action_param": action_param, "features": features, "anchor": anchor, "anchor_range": anchor_range,
+            "agent": agent.state_dict(),
             "normalizer": normalizer.state_dict(), "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
 
 
@@ -176,11 +202,12 @@ def controller_features(state):
 def load_controller(state, deterministic=True):
     """The ``Controller`` of a ``controller_state`` dict, in eval mode with its normalizer frozen.
     Checkpoints from before the action parametrization was saved act with "clip"; those from before
-    the feature sets observe the reference's features."""
+    the feature sets observe the reference's features; those from before anchors have none."""
     agent = ActorCritic(state["agent"]["actor.0.weight"].shape[1], discrete=state["discrete"])
     agent.load_state_dict(state["agent"])
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
     normalizer.load_state_dict(state["normalizer"])
     normalizer.training = False
     return Controller(agent.eval(), normalizer, state["action_range"], state.get("action_param", "clip"),
-                      controller_features(state), deterministic=deterministic)
+                      controller_features(state), deterministic=deterministic, anchor=state.get("anchor", "none"),
+                      anchor_range=state.get("anchor_range", DEFAULT_ANCHOR_RANGE))

@@ -2,7 +2,8 @@
 
 ``VecALRSEnv`` steps ``num_envs`` environments together (Gymnasium vector-env style, same-step
 auto-reset); a single environment is the case ``num_envs=1``; ``TaskMixVecEnv`` composes one per
-task. ``run_episode`` drives one episode of every environment with a given schedule (fixed, or a
+task; ``FamilyVecEnv``'s environments draw a new task from the family of random classifiers every
+episode. ``run_episode`` drives one episode of every environment with a given schedule (fixed, or a
 controller's) and ``run_synced`` one child per schedule on the same seed: the two episode runners.
 What a controller observes and how its actions set the rate are controller.py's; the children,
 and the batches they train on, are children.py's.
@@ -10,16 +11,19 @@ and the batches they train on, are children.py's.
 A diverged child is marked by ``info["diverged"]`` and NaN losses (None in JSON files).
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from children import BatchSampler, make_children, to_device
-from controller import (FEATURES, RANDOM_INITIAL_LRS, REFERENCE_FEATURES, VAL_LOSS, action_bounds, apply_action,
-                        clip_lr, observation_features, select_features)
+from controller import (ANCHORS, DEFAULT_ANCHOR_RANGE, FEATURES, RANDOM_INITIAL_LRS, REFERENCE_FEATURES, VAL_LOSS,
+                        action_bounds, anchor_factor, apply_action, bound_to_anchor, clip_lr, observation_features,
+                        select_features)
 from models import build_model
+from optimizers import OptimizerSpec
+from tasks import OPTIMIZER_KEYS
 
 ACTION_NOISE_STD = 1e-5  # std of the Gaussian noise on the rate after each action (the reference's)
 INITIAL_LR_NOISE = 0.1  # std of the initial rate's Gaussian noise, as a fraction of it (the reference's lr/10)
@@ -57,6 +61,12 @@ class EnvConfig:
     compile: bool = False  # torch.compile the module children (CUDA graphs on a GPU; opt-in)
     features: str = "reference"  # what the controller observes: a key of FEATURES ("relative*" are departures)
     hidden_lr_scale: float = 1.0  # > 1: the child's rate is the chosen one times an unobserved factor (a departure)
+    anchor: str = "none"  # the reference's; "cosine"/"constant": actions correct a base schedule (a departure)
+    anchor_range: float = DEFAULT_ANCHOR_RANGE  # an anchored rate stays within this factor of the start
+    optimizer: str = "adam"  # the child's optimizer and its settings (optimizers.OptimizerSpec)
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
 
     @classmethod
     def from_args(cls, args, **overrides):
@@ -65,6 +75,21 @@ class EnvConfig:
         values.update(overrides)
         return cls(**values | {key: bool(values.get(key, False)) for key in ("discrete", "compile")})
 
+    def for_task(self, task):
+        """This config for a tasks.Task: its child, batch size, horizon and optimizer."""
+        return replace(self, architecture=task.architecture, batch_size=task.batch_size,
+                       num_train_steps=task.num_train_steps, **{key: getattr(task, key) for key in OPTIMIZER_KEYS})
+
+    @property
+    def spaces(self):
+        """The observation and action spaces of an environment with this config."""
+        if self.features not in FEATURES:
+            raise ValueError(f"unknown features {self.features!r}; choose from {', '.join(FEATURES)}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"unknown anchor {self.anchor!r}; choose from {', '.join(ANCHORS)}")
+        action_space = (Discrete(3) if self.discrete
+                        else Box(*action_bounds(self.action_param, self.action_range), (1,)))
+        return Box(-np.inf, np.inf, (len(FEATURES[self.features]),)), action_space
 
 
 class VecALRSEnv:
@@ -77,21 +102,24 @@ class VecALRSEnv:
     ``autoreset`` a finished environment starts its next episode in the same call and its last
     observation is in ``info["final_observation"]``; without it, a finished environment stops
     training and its later outputs repeat its final ones.
+
+    With an anchor (``config.anchor``, or one per environment in ``anchors``) the rate the actions set
+    is the controlled rate ``lr``: a child trains at it times the base schedule at the block's start
+    (``block_lr``), and that rate is what is observed and recorded.
     """
 
-    def __init__(self, config, splits, seeds, device="cpu", autoreset=True, backend="auto"):
+    def __init__(self, config, splits, seeds, device="cpu", autoreset=True, backend="auto", anchors=None):
         self.config, self.splits, self.device, self.autoreset = config, splits, torch.device(device), autoreset
         self.num_envs = len(seeds)
-        if config.features not in FEATURES:
-            raise ValueError(f"unknown features {config.features!r}; choose from {', '.join(FEATURES)}")
-        self.observation_space = Box(-np.inf, np.inf, (len(FEATURES[config.features]),))
-        self.action_space = (Discrete(3) if config.discrete
-                             else Box(*action_bounds(config.action_param, config.action_range), (1,)))
+        self.observation_space, self.action_space = config.spaces
+        self.anchors = list(anchors or [config.anchor] * self.num_envs)
         self.children = make_children(config.architecture, splits, self.num_envs, self.device, backend,
-                                      config.precision, config.compile)
+                                      config.precision, config.compile, OptimizerSpec.of(config),
+                                      config.num_train_steps)
         self.chance_loss = math.log(splits.num_classes)
         self._seed(seeds)
-        self.lr = np.zeros(self.num_envs)
+        self.lr = np.zeros(self.num_envs)  # the controlled rate: what the actions set
+        self.block_lr = np.zeros(self.num_envs)  # the rate of the last block trained (the start rate at first)
         self.step_count = np.zeros(self.num_envs, dtype=np.int64)
         self.finished = np.zeros(self.num_envs, dtype=bool)
         self.reference = np.zeros((self.num_envs, len(REFERENCE_FEATURES)))  # losses, info and reward read these
@@ -125,6 +153,7 @@ class VecALRSEnv:
     def step(self, actions):
         """Apply one action per environment, train ``update_freq`` steps; Gymnasium's 5-tuple of arrays."""
         lr = apply_action(self.lr, actions, self.config.discrete, self.config.action_range, self.config.action_param)
+        lr = bound_to_anchor(lr, self.initial_lr, self.config.anchor, self.config.anchor_range)
         if self.config.lr_noise:
             lr = lr + ACTION_NOISE_STD * np.array([torch.randn(1, generator=g).item() for g in self.env_generators])
         return self.step_lr(lr)
@@ -147,12 +176,15 @@ class VecALRSEnv:
     def _train_and_observe(self, active, lr):
         """One block of the active children at rates ``lr`` (clipped), then their observation."""
         self.lr = np.where(active, clip_lr(lr), self.lr)
+        progress = self.step_count / self.config.num_train_steps
+        base = np.array([anchor_factor(anchor, p) for anchor, p in zip(self.anchors, progress)])
+        self.block_lr = np.where(active, clip_lr(self.lr * base), self.block_lr)
         train_loss = self._train_block(active)
         self.step_count[active] += self.config.update_freq
         self._observe(active, train_loss)
-        self.log_lr_sum[active] += np.log(self.lr[active])
-        self.lr_range[active] = np.stack([np.minimum(self.lr_range[:, 0], self.lr),
-                                          np.maximum(self.lr_range[:, 1], self.lr)], 1)[active]
+        self.log_lr_sum[active] += np.log(self.block_lr[active])
+        self.lr_range[active] = np.stack([np.minimum(self.lr_range[:, 0], self.block_lr),
+                                          np.maximum(self.lr_range[:, 1], self.block_lr)], 1)[active]
 
     def _step_reward(self, active, diverged, previous_val_loss):
         """The reward of every environment: 0 when inactive, the divergence penalty when diverged."""
@@ -200,6 +232,7 @@ class VecALRSEnv:
         """Everything needed to continue these episodes exactly: children, optimizer moments,
         learning rates, counters and random generators (tensors and plain values only)."""
         return {"children": self.children.state_dict(), "lr": torch.as_tensor(self.lr),
+                "block_lr": torch.as_tensor(self.block_lr),
                 "step_count": torch.as_tensor(self.step_count), "finished": torch.as_tensor(self.finished),
                 "obs": torch.as_tensor(self.obs), "reference": torch.as_tensor(self.reference),
                 "first_val_loss": torch.as_tensor(self.first_val_loss), "prev_logits": self.prev_logits,
@@ -215,8 +248,9 @@ class VecALRSEnv:
         if "reference" not in state:  # saved before the feature sets: the observation was the reference's
             state = state | {"reference": state["obs"], "first_val_loss": state["obs"][:, VAL_LOSS]}
         state = {"lr_scale": torch.ones(self.num_envs, dtype=torch.float64)} | state  # saved before the hidden scale
-        for name in ("lr", "step_count", "finished", "obs", "reference", "first_val_loss", "episode_return",
-                     "lr_range", "initial_lr", "log_lr_sum", "lr_scale"):
+        state = {"block_lr": state["lr"]} | state  # saved before anchors: the rate trained at was the one set
+        for name in ("lr", "block_lr", "step_count", "finished", "obs", "reference", "first_val_loss",
+                     "episode_return", "lr_range", "initial_lr", "log_lr_sum", "lr_scale"):
             setattr(self, name, state[name].numpy().copy())
         self.prev_logits.copy_(state["prev_logits"])
         for generators, states in ((self.env_generators, state["env_generators"]),
@@ -241,7 +275,7 @@ class VecALRSEnv:
                 lr = RANDOM_INITIAL_LRS[int(torch.randint(len(RANDOM_INITIAL_LRS), (1,), generator=generator))]
             if self.config.lr_noise:
                 lr += INITIAL_LR_NOISE * lr * torch.randn(1, generator=generator).item()
-            self.lr[i] = self.initial_lr[i] = clip_lr(lr)
+            self.lr[i] = self.block_lr[i] = self.initial_lr[i] = clip_lr(lr)
             self.lr_scale[i] = self._draw_lr_scale(generator)
             self.step_count[i] = 0
             self.episode_return[i] = 0
@@ -261,7 +295,7 @@ class VecALRSEnv:
     def _train_block(self, active):
         """``update_freq`` Adam steps for the active children; returns their mean training loss (E,)."""
         steps = to_device(self.sampler.block(self.config.update_freq, active), self.device)
-        child_lr = clip_lr(self.lr * self.lr_scale)
+        child_lr = clip_lr(self.block_lr * self.lr_scale)
         return self.children.train_block(self.splits.train_x, self.splits.train_y, steps, child_lr, active)
 
     def _evaluate(self, x, y):
@@ -282,7 +316,7 @@ class VecALRSEnv:
         if fresh:
             train_loss = val_loss
             self.prev_logits.masked_fill_(mask, 0)
-        lr = to_device(self.lr.astype(np.float32), self.device)
+        lr = to_device(self.block_lr.astype(np.float32), self.device)
         features = observation_features(train_loss, val_loss, logits, self.prev_logits,
                                         self.children.output_weights(), lr)
         self.prev_logits.copy_(torch.where(mask, logits, self.prev_logits))
@@ -297,12 +331,12 @@ class VecALRSEnv:
 
     def _info(self, i, final=False, diverged=False):
         info = {"train_loss": float(self.reference[i, 0]), "val_loss": float(self.reference[i, VAL_LOSS]),
-                "lr": float(self.lr[i]), "step": int(self.step_count[i])}
+                "lr": float(self.block_lr[i]), "step": int(self.step_count[i])}
         if final:
             info.update(final_val_loss=float(self.reference[i, VAL_LOSS]) if not diverged else math.nan,
                         diverged=bool(diverged), episode_return=float(self.episode_return[i]),
                         lr_min=float(self.lr_range[i, 0]), lr_max=float(self.lr_range[i, 1]),
-                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.lr[i]),
+                        initial_lr=float(self.initial_lr[i]), final_lr=float(self.block_lr[i]),
                         lr_scale=float(self.lr_scale[i]),
                         lr_geomean=float(np.exp(self.log_lr_sum[i] * self.config.update_freq / self.step_count[i])))
         return info
@@ -359,6 +393,73 @@ class TaskMixVecEnv:
             env.load_state_dict(env_state)
 
 
+class FamilyVecEnv:
+    """Environments that draw a new task from the family of random classifiers every episode
+    (tasks.FamilyDraws, one per environment), Gymnasium's vector API with same-step auto-reset.
+
+    Each environment is a one-child VecALRSEnv rebuilt at the start of every episode for its task
+    (child, batch size, horizon, optimizer, data), seeded by the task's family seed; ``load_splits``
+    (task -> Splits) provides the data. Infos name the instance in ``"instance"`` and its seed in
+    ``"family_seed"``.
+    """
+
+    def __init__(self, config, draws, load_splits, device="cpu"):
+        self.config, self.draws, self.load_splits, self.device = config, list(draws), load_splits, device
+        self.num_envs = len(self.draws)
+        self.observation_space, self.action_space = config.spaces
+        self.envs, self.tasks, self.family_seeds = [None] * self.num_envs, [None] * self.num_envs, [0] * self.num_envs
+
+    @property
+    def lr(self):
+        return np.concatenate([env.lr for env in self.envs])
+
+    def _build(self, i, task, family_seed):
+        self.tasks[i], self.family_seeds[i] = task, family_seed
+        self.envs[i] = VecALRSEnv(self.config.for_task(task), self.load_splits(task), [family_seed], self.device,
+                                  autoreset=False)
+
+    def _start(self, i, initial_lr=None):
+        """Environment i's next episode: a newly drawn task, reset; its (obs, info)."""
+        task, family_seed = self.draws[i].next()
+        self._build(i, task, family_seed)
+        obs, infos = self.envs[i].reset(options={"initial_lr": None if initial_lr is None else [initial_lr]})
+        return obs[0], self._named(i, infos[0])
+
+    def _named(self, i, info):
+        return info | {"instance": self.tasks[i].name, "family_seed": self.family_seeds[i]}
+
+    def reset(self, seed=None, options=None):
+        """A new task in every environment (``seed``: ignored, the draws are seeded when built);
+        ``options={"initial_lr": [...]}`` as VecALRSEnv's."""
+        rates = (options or {}).get("initial_lr")
+        results = [self._start(i, None if rates is None else rates[i]) for i in range(self.num_envs)]
+        return np.stack([obs for obs, _ in results]), [info for _, info in results]
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        obs, rewards, terminated, truncated, infos = [], [], [], [], []
+        for i, env in enumerate(self.envs):
+            o, r, term, trunc, info = env.step(actions[i:i + 1])
+            info = self._named(i, info[0])
+            if term[0] or trunc[0]:
+                info["final_observation"] = o[0]
+                o, _ = self._start(i)
+                o = o[None]
+            obs.append(o[0]), rewards.append(r[0]), terminated.append(term[0]), truncated.append(trunc[0])
+            infos.append(info)
+        return np.stack(obs), np.array(rewards), np.array(terminated), np.array(truncated), infos
+
+    def state_dict(self):
+        return {"family_seeds": list(self.family_seeds), "draws": [d.state_dict() for d in self.draws],
+                "envs": [env.state_dict() for env in self.envs]}
+
+    def load_state_dict(self, state):
+        for i, (draws, family_seed, env_state) in enumerate(zip(self.draws, state["family_seeds"], state["envs"])):
+            draws.load_state_dict(state["draws"][i])
+            self._build(i, draws.task(family_seed), family_seed)
+            self.envs[i].load_state_dict(env_state)
+
+
 def run_episode(envs, next_lr, seeds, initial_lr=None, on_block=None):
     """Run one episode in every environment of ``envs`` (built with ``autoreset=False``).
 
@@ -403,8 +504,10 @@ def stack(schedules):
 
 def run_synced(schedules, config, splits, seed, device, on_block=None):
     """One episode of one child per schedule, every child from the same initialization and batches of
-    ``seed`` (torch's global RNG seeded too, so a controller's sampled actions are reproducible);
+    ``seed`` (torch's global RNG seeded too, so a controller's sampled actions are reproducible), an
+anchored controller's child on its base schedule;
     run_episode's results, child i following ``schedules[i]`` (``on_block``: run_episode's)."""
     torch.manual_seed(seed)
-    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False)
+    envs = VecALRSEnv(config, splits, [seed] * len(schedules), device, autoreset=False,
+                      anchors=[getattr(s, "anchor", "none") for s in schedules])
     return run_episode(envs, stack(schedules), [seed] * len(schedules), [s.initial_lr for s in schedules], on_block)

@@ -11,9 +11,10 @@ import torch
 
 from children import PRECISIONS
 from data import DATASETS, DEFAULT_VAL_SIZE
-from controller import ACTION_PARAMS, FEATURES
+from controller import ACTION_PARAMS, ANCHORS, FEATURES
 from environment import REWARDS, EnvConfig
-from models import ARCHITECTURES
+from models import ARCHITECTURES, check_architecture
+from optimizers import OPTIMIZERS
 from ppo import PPOConfig
 from runs import DEFAULT_SEED, RUN_ID_PATTERN
 from tasks import Task, check_task, parse_task, task_from_args
@@ -45,6 +46,25 @@ def finite_float(text):
     return value
 
 
+def architecture(text):
+    """argparse type of --architecture: a fixed child or a random classifier's name (models.py)."""
+    try:
+        return check_architecture(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def names_of(valid):
+    """argparse type of a comma-separated list of names, each one of ``valid``."""
+    def parse(text):
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        wrong = [name for name in names if name not in valid]
+        if wrong or not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of {', '.join(valid)}")
+        return names
+    return parse
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends each flag's default to its help, unless the help already says what the default is."""
 
@@ -64,7 +84,8 @@ def add_setting_flags(p):
     g = p.add_argument_group("child training setting")
     g.add_argument("--dataset", default="fa-mnist",
                    help=f"one of {', '.join(DATASETS)}, or a folder with train/<class>/* and test/<class>/* images")
-    g.add_argument("--architecture", default=DEFAULTS.architecture, choices=ARCHITECTURES, help="child network")
+    g.add_argument("--architecture", default=DEFAULTS.architecture, type=architecture,
+                   help=f"child network: {', '.join(ARCHITECTURES)} or a random classifier rc-... (models.py)")
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="child training batch size")
     g.add_argument("--update-freq", type=int, default=DEFAULTS.update_freq, help="child steps between actions")
     g.add_argument("--num-train-steps", type=int, default=DEFAULTS.num_train_steps, help="child steps per episode")
@@ -111,6 +132,21 @@ def add_controller_flags(p):
     g.add_argument("--hidden-lr-scale", type=finite_float, default=DEFAULTS.hidden_lr_scale, metavar="S",
                    help="a departure, for training: each episode the child trains at the chosen rate times a factor "
                         "drawn log-uniformly from [1/S, S] that the controller does not see (1: off)")
+    g.add_argument("--anchor", default=DEFAULTS.anchor, choices=ANCHORS,
+                   help="a departure: the rate the actions set multiplies this base schedule over the episode "
+                        "(cosine annealing, or constant) and stays within --anchor-range of the start; none: the "
+                        "reference's")
+    g.add_argument("--anchor-range", type=finite_float, default=DEFAULTS.anchor_range,
+                   help="an anchored rate stays within this factor of the episode's start rate")
+    g.add_argument("--family", type=int, default=0, metavar="K",
+                   help="K of the --num-envs environments draw a new task from the family of random classifiers "
+                        "every episode (tasks.family_task; held-out seeds are never drawn); the others run --task")
+    g.add_argument("--family-optimizers", type=names_of(OPTIMIZERS), default=("adam",), metavar="NAMES",
+                   help=f"the child optimizers the family draws, comma-separated, of {', '.join(OPTIMIZERS)} "
+                        "(default: adam)")
+    g.add_argument("--family-members", type=names_of(ARCHITECTURES), default=("mlp",), metavar="NAMES",
+                   help="the fixed children the family may draw besides random classifiers, comma-separated "
+                        "(default: mlp; LeNet-5 is a held-out task)")
     g.add_argument("--task", action="append", default=None, metavar="KEY=VALUE,...",
                    help="train on a mix of tasks, one --task each (keys: " + ", ".join(Task.__dataclass_fields__)
                         + "; keys left out take the flags' values); environments are shared out among them")
@@ -260,6 +296,15 @@ def check(parser, args):
         parser.error("argument --tensorboard: the tensorboard package is not installed (pip install tensorboard)")
     if has("action_range") and args.action_range <= 1:
         parser.error(f"argument --action-range: must be > 1, got {args.action_range}")
+    if has("anchor_range") and args.anchor_range <= 1:
+        parser.error(f"argument --anchor-range: must be > 1, got {args.anchor_range}")
+    if has("family"):
+        if not 0 <= args.family <= args.num_envs - len(tasks):
+            parser.error(f"argument --family: between 0 and --num-envs less the --task count "
+                         f"({args.num_envs - len(tasks)}), got {args.family}")
+        if args.family and "schedulefree" in args.family_optimizers and importlib.util.find_spec("schedulefree") is None:
+            parser.error("argument --family-optimizers: schedulefree needs the schedulefree package "
+                         "(pip install schedulefree)")
     if has("hidden_lr_scale") and args.hidden_lr_scale < 1:
         parser.error(f"argument --hidden-lr-scale: must be >= 1 (1: off), got {args.hidden_lr_scale}")
     if has("ppo2_lr"):

@@ -21,9 +21,11 @@ TRAINING_STATE_KEYS = ("format", "agent", "normalizer", "optimizer", "env", "tor
 
 def new_run_dir(args):
     """A fresh runs/<dataset>_<child>_<continuous|discrete>_<time>[_<suffix>] holding args.json (a task
-    mix's id starts with mix<number of tasks>)."""
+    mix's id starts with mix<number of tasks>, a run on the family with family<environments>)."""
     kind = "discrete" if args.discrete else "continuous"
     setting = f"mix{len(args.task)}" if getattr(args, "task", None) else f"{dataset_name(args.dataset)}_{args.architecture}"
+    if getattr(args, "family", 0):
+        setting = f"family{args.family}" + (f"-mix{len(args.task)}" if args.task else "")
     run_id = f"{setting}_{kind}_{time.strftime('%Y%m%d-%H%M%S')}"
     if args.tb_suffix:
         run_id += f"_{args.tb_suffix}"

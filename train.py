@@ -6,6 +6,7 @@
 Writes runs/<experiment-id>/: args.json, episodes.jsonl and updates.jsonl (metrics),
 checkpoints/{latest,best,step-*}.pt and progress.png.
 """
+import functools
 import json
 import math
 import sys
@@ -21,13 +22,13 @@ import distributed
 import flags
 from data import data_source
 from controller import controller_state, nearest_start, start_lrs
-from environment import EnvConfig, TaskMixVecEnv, VecALRSEnv
+from environment import EnvConfig, FamilyVecEnv, TaskMixVecEnv, VecALRSEnv
 from plots import plot_training
 from ppo import (ADAM_EPSILON, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
                  policy_statistics, ppo_update)
 from runs import (BEST_WINDOW, SEED_STRIDE, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state,
                   new_run_dir, save_training_state)
-from tasks import TASK_KEYS, load_task_splits, parse_task, task_from_args
+from tasks import TASK_KEYS, FamilyDraws, load_task_splits, parse_task, task_from_args
 from tensorboard_log import TensorBoardLog
 from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl, resolve_device, run_cli,
                    save_checkpoint)
@@ -35,6 +36,7 @@ from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl,
 NUM_PERIODIC_CHECKPOINTS = 10
 PLOT_INTERVAL_S = 60  # progress.png is redrawn at a periodic checkpoint at most this often (and at the end)
 EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean", "lr_scale")
+FAMILY = "family"  # the task name of the environments that draw from the family (--family)
 
 
 def resumed_args(args):
@@ -98,7 +100,8 @@ class RecentFinals:
 
 def episode_record(update, step, env, info, num_envs, num_steps, number):
     """One line of episodes.jsonl (a diverged episode's final validation loss is null)."""
-    return {"update": update, "episode": number, "env": env, "task": info["task"],
+    instance = {"instance": info["instance"], "family_seed": info["family_seed"]} if "instance" in info else {}
+    return {"update": update, "episode": number, "env": env, "task": info["task"], **instance,
             "timesteps": (update * num_steps + step + 1) * num_envs,
             "return": info["episode_return"], "diverged": info["diverged"],
             "final_val_loss": None if info["diverged"] else info["final_val_loss"],
@@ -127,22 +130,29 @@ def rank_state(raw_envs, normalizer, obs, done):
 
 
 def training_tasks(args):
-    """The tasks of --task, or the one the setting flags describe."""
-    return [parse_task(spec, task_from_args(args)) for spec in args.task or ()] or [task_from_args(args)]
+    """The tasks of --task, or the one the setting flags describe (none when every environment draws
+    from the family)."""
+    tasks = [parse_task(spec, task_from_args(args)) for spec in args.task or ()]
+    return tasks or ([task_from_args(args)] if args.family < args.num_envs else [])
 
 
 def make_envs(args, tasks, seeds, device):
-    """The training environments: ``seeds`` shared out among ``tasks`` in order (as evenly as they
-    go), each task's in one VecALRSEnv on its own data; a dataset is read once for all its tasks."""
-    counts = [len(seeds) // len(tasks) + (t < len(seeds) % len(tasks)) for t in range(len(tasks))]
+    """The training environments: the last --family of ``seeds`` draw from the family (one
+    FamilyVecEnv), the others are shared out among ``tasks`` in order (as evenly as they go), each
+    task's in one VecALRSEnv on its own data; a dataset is read once for all its tasks."""
+    config = EnvConfig.from_args(args, lr_noise=True)
+    fixed, family = seeds[:len(seeds) - args.family], seeds[len(seeds) - args.family:]
+    counts = [len(fixed) // len(tasks) + (t < len(fixed) % len(tasks)) for t in range(len(tasks))]
     envs, start = [], 0
     for task, count in zip(tasks, counts):
         splits = load_task_splits(task, args.data_dir, device, args.download)
-        config = EnvConfig.from_args(args, lr_noise=True, architecture=task.architecture,
-                                     batch_size=task.batch_size, num_train_steps=task.num_train_steps)
-        envs.append(VecALRSEnv(config, splits, seeds[start:start + count], device))
+        envs.append(VecALRSEnv(config.for_task(task), splits, fixed[start:start + count], device))
         start += count
-    return TaskMixVecEnv(envs, [task.name for task in tasks])
+    if family:
+        draws = [FamilyDraws(seed, args.family_optimizers, args.family_members) for seed in family]
+        load = functools.partial(load_task_splits, data_dir=args.data_dir, device=device, download=args.download)
+        envs.append(FamilyVecEnv(config, draws, load, device))
+    return TaskMixVecEnv(envs, [task.name for task in tasks] + [FAMILY] * bool(family))
 
 
 @dataclass
@@ -209,7 +219,7 @@ def train(args, device):
     raw_envs, run = open_run(args, config, tasks, run_dir, device)
     learner = build_learner(args, config, raw_envs, run.rank)
     controller = lambda: controller_state(learner.agent, learner.normalizer, args.action_range, args.action_param,
-                                          args.features)
+                                          args.features, args.anchor, args.anchor_range)
     bar = board = None
     try:
         progress = restore(learner, run, start_lrs(args.initial_lr), device) if args.resume else \
@@ -249,8 +259,8 @@ def open_run(args, config, tasks, run_dir, device):
     """This rank's environments (its own seeds) and the experiment folder: rank 0 creates it once the
     data loaded (or reopens the resumed one) and tells the others its name."""
     rank, world = distributed.rank(), distributed.world_size()
-    print("loading " + ", ".join(f"{t.name} ({data_source(t.dataset, args.data_dir)})" for t in tasks) + " ...",
-          flush=True)
+    print("loading " + ", ".join([f"{t.name} ({data_source(t.dataset, args.data_dir)})" for t in tasks]
+                                 + [f"{args.family} family environment(s)"] * bool(args.family)) + " ...", flush=True)
     seeds = [args.seed * SEED_STRIDE + rank * args.num_envs + i for i in range(args.num_envs)]
     raw_envs = make_envs(args, tasks, seeds, device)
     if rank == 0:

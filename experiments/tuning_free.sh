@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The tuning-free study: controllers trained on the family of random classifiers (tasks.family_task),
+# evaluated by compare.py on held-out tasks: the generalist study's eight and family instances whose
+# seeds no training run can draw (experiments/family_held_out.py prints them and how they were chosen).
+#
+#   bash experiments/tuning_free.sh train H I        # train arms (in parallel, JOBS at a time; resumes)
+#   bash experiments/tuning_free.sh compare baselines H   # compare.py on the held-out family instances
+#
+# Every arm: 6 environments, each drawing a new family task every episode (random classifier or the
+# MLP, Adam/AdamW/SGD/schedule-free AdamW as the arm says, batch 16-512, 300-3000 steps, 10-100% of
+# 20000 images, dataset variants), initial rate drawn from {1e-2, 1e-3, 1e-4}, arm F's settings of
+# the generalist study (relative-progress observations, x1.5 actions, --preset stable).
+# Environment: DATA_DIR (default data), RUNS_DIR (default runs/tuning-free), JOBS (default 2),
+# DEVICE (default cpu), TIMESTEPS (default 30000), LRS (start rates of the compare rows; default
+# 1e-2 1e-3 1e-4), SEEDS (compare.py seeds; default 3). Each process uses one thread.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS_DIR:-runs/tuning-free}
+JOBS=${JOBS:-2}
+export OMP_NUM_THREADS=1
+COMMON=(--data-dir "${DATA_DIR:-data}" --device "${DEVICE:-cpu}" --runs-dir "$RUNS")
+F=(--features relative-progress --action-range 1.5)
+ALL=adam,adamw,sgd,schedulefree
+declare -A ARMS=(
+  [G]="--family-optimizers adam"                          # the family, Adam only
+  [H]="--family-optimizers $ALL"                          # the family, every optimizer
+  [I]="--family-optimizers $ALL --anchor cosine"          # H, actions correct a cosine schedule
+  [J]="--family-optimizers schedulefree --anchor cosine"  # I's action, schedule-free AdamW's rate only
+)
+
+# shellcheck source=experiments/arms.sh
+source experiments/arms.sh
+
+new_run_flags() {
+  echo --num-envs 6 --family 6 --initial-lr 0 --preset stable --ppo2-total-timesteps "${TIMESTEPS:-30000}" \
+    "${F[@]}" ${ARMS[$1]}
+}
+
+compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
+  local out=$RUNS/compare/$1
+  mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
+  # shellcheck disable=SC2046
+  local tasks=$(python experiments/family_held_out.py --flags)
+  if [[ $1 == baselines ]]; then
+    compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
+    compare "$out" $tasks --methods prodigy
+  else
+    local id; id=$(run_id "$1")
+    [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
+    cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/tuning-free-$1.pt"
+    # shellcheck disable=SC2086
+    compare "$out" $tasks --controller "$RUNS/controllers/tuning-free-$1.pt" --methods replay pooled_replay \
+      --lrs ${LRS:-1e-2 1e-3 1e-4}
+  fi > "$RUNS/logs/compare-$1.log" 2>&1
+  echo "$1 compared on the held-out family instances"
+}
+
+compare() {  # compare.py: compare OUT FLAGS...
+  local out=$1; shift
+  python compare.py --data-dir "${DATA_DIR:-data}" --device "${DEVICE:-cpu}" --seeds "${SEEDS:-3}" --out "$out" "$@"
+}
+
+command=${1:-}; shift || true
+case $command in
+  train) in_parallel train_arm "$@" ;;
+  compare) in_parallel compare_job "$@" ;;
+  *) echo "usage: $0 train [arm ...] | compare [baselines] [arm ...]   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
+esac
