@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
-from models import build_model, has_buffers, output_layer_name
-from optimizers import OptimizerSpec, evaluation_mode
+from alrs.controller import output_layer_name
+from alrs.validation import EVAL_CHUNK, evaluation_mode, predict
+from models import build_model, has_buffers
+from optimizers import OptimizerSpec
 
-EVAL_CHUNK = 1000  # samples per forward pass in validation and test passes (cache-sized on a CPU)
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -213,10 +214,9 @@ class ModuleChildren:
     @torch.no_grad()
     def logits(self, images):
         outputs = []
-        for model, forward, optimizer in zip(self.models, self.forwards, self.optimizers):
-            model.eval()
+        for forward, optimizer in zip(self.forwards, self.optimizers):
             with autocast(self.device, self.precision), evaluation_mode(optimizer):
-                outputs.append(torch.cat([forward(self._input(chunk)).float() for chunk in images.split(EVAL_CHUNK)]))
+                outputs.append(predict(forward, images, self._input))
         return torch.stack(outputs)
 
     def output_weights(self):

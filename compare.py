@@ -29,12 +29,14 @@ from torch.optim import lr_scheduler
 from tqdm import tqdm
 
 import flags
-from children import EVAL_CHUNK, to_float
-from controller import read_controller_checkpoint
+from alrs.controller import read_controller_checkpoint
+from alrs.scheduler import PRETRAINED_DIR, ALRSScheduler
+from alrs.validation import evaluation_mode, predict
+from children import to_float
 from data import DATASETS
-from models import ARCHITECTURES, build_model
+from models import build_model
+from optimizers import SCHEDULEFREE_WARMUP, OptimizerSpec
 from plots import _pyplot
-from scheduler import ALRSScheduler
 from schedules import pooled_replay, replay_schedules
 import stats
 from stats import summarize, verdict
@@ -58,10 +60,9 @@ BASELINES = KINDS[3:]
 PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt"}  # optional, imported only when asked for
 STEP_DECAY_GRID = ((10, 0.9), (10, 0.5), (4, 0.9), (4, 0.5))  # (discount every total/k steps, factor)
 PLATEAU_PATIENCE = 4  # torch's count: the 5th check without a new best (50 steps) halves the rate
-SCHEDULEFREE_WARMUP = 0.05  # of the run's steps
 METRICS = ("final_val_loss", "test_loss", "test_accuracy")  # of each run
 CHANCE_FRACTION = 0.95  # a final validation loss above this fraction of ln(classes) is "at chance"
-PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "fa-mnist_mlp_stable.pt"
+PRETRAINED = PRETRAINED_DIR / "fa-mnist_mlp_stable.pt"
 
 
 def lr_text(lr):
@@ -141,16 +142,16 @@ def make_alrs(optimizer, model, path, val_data, total_steps):
     return ALRSScheduler(optimizer, model, path, val_data, update_freq=UPDATE_FREQ, total_steps=total_steps)
 
 
-def make_optimizer(method, model, total_steps):
-    """Adam with default betas, except the two methods that are optimizers of their own."""
+def make_optimizer(method, task, model, total_steps):
+    """The task's optimizer (Adam with default betas unless the task says otherwise), except for the two
+    methods that are optimizers of their own: schedule-free AdamW and Prodigy (with the task's weight
+    decay)."""
     if method.kind == "schedulefree":
-        import schedulefree
-        return schedulefree.AdamWScheduleFree(model.parameters(), lr=method.lr,
-                                              warmup_steps=round(SCHEDULEFREE_WARMUP * total_steps))
+        return OptimizerSpec("schedulefree", task.weight_decay).build(model.parameters(), method.lr, total_steps)
     if method.kind == "prodigy":
         import prodigyopt
-        return prodigyopt.Prodigy(model.parameters(), lr=method.lr)
-    return torch.optim.Adam(model.parameters(), lr=method.lr)
+        return prodigyopt.Prodigy(model.parameters(), lr=method.lr, weight_decay=task.weight_decay)
+    return OptimizerSpec.of(task).build(model.parameters(), method.lr, total_steps)
 
 
 def make_scheduler(method, optimizer, model, val_data, total_steps, replay=None):
@@ -178,12 +179,11 @@ def current_lr(optimizer):
     return group["lr"] * group.get("d", 1.0)
 
 
-@torch.no_grad()
-def evaluate(model, images, labels):
-    """Mean cross-entropy and accuracy over float images, in eval mode, in chunks; back in training mode."""
-    model.eval()
-    logits = torch.cat([model(chunk) for chunk in images.split(EVAL_CHUNK)])
-    model.train()
+def evaluate(model, optimizer, images, labels):
+    """Mean cross-entropy and accuracy over float images (alrs.validation.predict, at the optimizer's
+    evaluation weights)."""
+    with evaluation_mode(optimizer):
+        logits = predict(model, images)
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -194,11 +194,9 @@ def train_run(method, task, data, seed, device, replay=None):
     started, splits, total = time.perf_counter(), data.splits, task.num_train_steps
     torch.manual_seed(seed)  # the same initialization for every method on this seed
     model = build_model(task.architecture, splits.in_channels, splits.image_size, splits.num_classes).to(device)
-    optimizer = make_optimizer(method, model, total)
+    optimizer = make_optimizer(method, task, model, total)
     lrs = [current_lr(optimizer)]
     scheduler = make_scheduler(method, optimizer, model, data.val, total, replay)
-    if method.kind == "schedulefree":
-        optimizer.train()
     diverged = False
     for step, batch in zip(range(total), batches(len(splits.train_y), task.batch_size, seed)):
         if step % UPDATE_FREQ == 0:
@@ -215,14 +213,12 @@ def train_run(method, task, data, seed, device, replay=None):
             scheduler.step(loss)
         elif isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
             if (step + 1) % UPDATE_FREQ == 0:
-                scheduler.step(evaluate(model, *data.val)[0])
+                scheduler.step(evaluate(model, optimizer, *data.val)[0])
         elif scheduler is not None:
             scheduler.step()
-    if method.kind == "schedulefree":
-        optimizer.eval()  # its evaluation weights
-    val_loss = math.nan if diverged else evaluate(model, *data.val)[0]
+    val_loss = math.nan if diverged else evaluate(model, optimizer, *data.val)[0]
     diverged = not math.isfinite(val_loss)
-    test_loss, test_accuracy = (math.nan, math.nan) if diverged else evaluate(model, *data.test)
+    test_loss, test_accuracy = (math.nan, math.nan) if diverged else evaluate(model, optimizer, *data.test)
     lrs += [math.nan] * (total // UPDATE_FREQ + 1 - len(lrs))
     return {"task": task.name, "method": method.name, "seed": seed, "kind": method.kind, "initial_lr": method.lr,
             **dict(zip(METRICS, json_floats([val_loss, test_loss, test_accuracy]))),
@@ -514,9 +510,8 @@ def parse_args(argv=None):
     except ValueError as error:
         parser.error(f"argument --task: {error}")
     for task in args.tasks:
-        if task.architecture not in ARCHITECTURES or (task.dataset not in DATASETS and not Path(task.dataset).is_dir()):
-            parser.error(f"argument --task: {task.name}: architecture one of {', '.join(ARCHITECTURES)}, dataset "
-                         f"one of {', '.join(DATASETS)} or an image folder")
+        if task.dataset not in DATASETS and not Path(task.dataset).is_dir():
+            parser.error(f"argument --task: {task.name}: dataset one of {', '.join(DATASETS)} or an image folder")
         if task.num_train_steps % UPDATE_FREQ or task.num_train_steps < 2 * UPDATE_FREQ:
             parser.error(f"argument --task: num_train_steps must be a multiple of {UPDATE_FREQ}, at least twice it")
     args.kinds = set(BASELINES if "baselines" in args.methods else ()) | set(args.methods) - {"baselines"}

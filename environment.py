@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from children import BatchSampler, make_children, to_device
-from controller import (ANCHORS, DEFAULT_ANCHOR_RANGE, FEATURES, RANDOM_INITIAL_LRS, REFERENCE_FEATURES, VAL_LOSS,
+from alrs.controller import (ANCHORS, DEFAULT_ANCHOR_RANGE, FEATURES, RANDOM_INITIAL_LRS, REFERENCE_FEATURES, VAL_LOSS,
                         action_bounds, anchor_factor, apply_action, bound_to_anchor, clip_lr, observation_features,
                         select_features)
 from models import build_model

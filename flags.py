@@ -11,18 +11,18 @@ import torch
 
 from children import PRECISIONS
 from data import DATASETS, DEFAULT_VAL_SIZE
-from controller import ACTION_PARAMS, ANCHORS, FEATURES
+from alrs.controller import ACTION_PARAMS, ANCHORS, FEATURES
 from environment import REWARDS, EnvConfig
 from models import ARCHITECTURES, check_architecture
 from optimizers import OPTIMIZERS
 from ppo import PPOConfig
 from runs import DEFAULT_SEED, RUN_ID_PATTERN
-from tasks import Task, check_task, parse_task, task_from_args
+from tasks import Task, check_task, parse_task, parse_task_values, task_from_args
 
 DEFAULTS = EnvConfig()  # the environment's defaults are the flags' defaults
 SETTING = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "train_size", "val_size",
-           "classes", "label_noise", "image_size", "seed", "precision", "data_dir",
-           "runs_dir")  # what names a baseline setting, and where its files are
+           "classes", "label_noise", "image_size", "optimizer", "weight_decay", "beta1", "beta2", "seed", "precision",
+           "data_dir", "runs_dir")  # what names a baseline setting, and where its files are
 
 
 # Named sets of train.py defaults; flags given on the command line win. "reference" is the reference
@@ -52,6 +52,17 @@ def architecture(text):
         return check_architecture(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def family_override(text):
+    """argparse type of --family-override: task keys (not family=) and their values."""
+    try:
+        values = parse_task_values(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if "family" in values:
+        raise argparse.ArgumentTypeError("family= names an instance; it cannot override a draw")
+    return values
 
 
 def names_of(valid):
@@ -104,6 +115,12 @@ def add_setting_flags(p):
                    help="a variant: this fraction of training labels replaced by random classes")
     g.add_argument("--image-size", type=int, default=None,
                    help="a variant: images resized to this many pixels square (default: as stored)")
+    g.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=OPTIMIZERS,
+                   help="the child's optimizer (adam: the reference's; schedulefree needs the schedulefree package)")
+    g.add_argument("--weight-decay", type=finite_float, default=DEFAULTS.weight_decay, help="the child optimizer's")
+    g.add_argument("--beta1", type=finite_float, default=DEFAULTS.beta1,
+                   help="the child optimizer's first-moment decay (SGD: its momentum)")
+    g.add_argument("--beta2", type=finite_float, default=DEFAULTS.beta2, help="the child optimizer's second-moment decay")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where children train")
     g.add_argument("--cudnn-benchmark", type=int, default=1, choices=(0, 1),
                    help="1: cuDNN times its convolution algorithms (faster; the first steps slower); 0: bit-exact runs")
@@ -147,6 +164,9 @@ def add_controller_flags(p):
     g.add_argument("--family-members", type=names_of(ARCHITECTURES), default=("mlp",), metavar="NAMES",
                    help="the fixed children the family may draw besides random classifiers, comma-separated "
                         "(default: mlp; LeNet-5 is a held-out task)")
+    g.add_argument("--family-override", type=family_override, default={}, metavar="KEY=VALUE,...",
+                   help="task keys every family draw takes instead of what it drew, e.g. dataset=cifar10 "
+                        "(default: none)")
     g.add_argument("--task", action="append", default=None, metavar="KEY=VALUE,...",
                    help="train on a mix of tasks, one --task each (keys: " + ", ".join(Task.__dataclass_fields__)
                         + "; keys left out take the flags' values); environments are shared out among them")

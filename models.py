@@ -1,7 +1,7 @@
 """Child networks trained by the environment: MLP, LeNet-5, ResNet-18 and random classifiers.
 
 Every model maps uint8-derived float images (N, C, H, W) in [0, 1] to class logits and
-ends in an ``nn.Linear`` whose weight matrix the controller observes (see ``output_layer``).
+ends in an ``nn.Linear`` whose weight matrix the controller observes (alrs.controller.output_layer_name).
 
 A random classifier is named by its layers (``rc-`` and dash-separated parts, in any order after
 the layers): ``c<out>k<kernel>`` a convolution (then batch norm, the activation and a 2x2 max-pool
@@ -146,12 +146,6 @@ def build_model(architecture, in_channels, image_size, num_classes=10):
     if architecture.startswith(RANDOM_PREFIX):
         return RandomClassifier(architecture, in_channels, image_size, num_classes)
     raise ValueError(f"unknown architecture {architecture!r}; choose from {', '.join(ARCHITECTURES)}")
-
-
-def output_layer_name(model):
-    """Name of the last ``nn.Linear``: the output layer whose weights are part of the observation."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return names[-1]
 
 
 def has_buffers(model):

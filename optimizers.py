@@ -2,9 +2,8 @@
 schedule-free AdamW (the ``schedulefree`` package, needed only by the tasks that use it).
 
 Whichever it is, the controller sets its learning rate and observes nothing about which it is.
-Schedule-free AdamW is validated and tested at its evaluation weights (``evaluation_mode``).
+Schedule-free AdamW is validated and tested at its evaluation weights (alrs.validation.evaluation_mode).
 """
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -59,17 +58,3 @@ def check_optimizer(spec):
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(spec, key) < 1:
             raise ValueError(f"{key} must be in [0, 1), got {getattr(spec, key)}")
-
-
-@contextlib.contextmanager
-def evaluation_mode(optimizer):
-    """Inside, the parameters are the optimizer's evaluation weights: schedule-free optimizers swap in
-    their averaged iterate (``eval()``) and back (``train()``); for any other optimizer nothing changes."""
-    switch = callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
-    if switch:
-        optimizer.eval()
-    try:
-        yield
-    finally:
-        if switch:
-            optimizer.train()

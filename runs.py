@@ -113,6 +113,8 @@ def setting_id(args):
     for flag, value, default in (("uf", args.update_freq, EnvConfig.update_freq), ("train", args.train_size, None),
                                  ("val", args.val_size, DEFAULT_VAL_SIZE), ("c", args.classes, None),
                                  ("noise", args.label_noise, 0.0), ("px", args.image_size, None),
+                                 ("", args.optimizer, EnvConfig.optimizer), ("wd", args.weight_decay, 0.0),
+                                 ("b1-", args.beta1, EnvConfig.beta1), ("b2-", args.beta2, EnvConfig.beta2),
                                  ("seed", args.seed, DEFAULT_SEED),
                                  ("", args.precision, EnvConfig.precision)):
         if value != default:

@@ -121,10 +121,11 @@ def random_architecture(rng):
 
 class FamilyDraws:
     """The tasks one training environment draws, episode after episode: seeds from its own generator
-    in FAMILY_TRAINING_SEEDS (so never a held-out instance), reproducible from ``seed``."""
+    in FAMILY_TRAINING_SEEDS (so never a held-out instance), reproducible from ``seed``; ``overrides``
+    (Task keys) replace what a draw chose (a dataset, a shorter horizon)."""
 
-    def __init__(self, seed, optimizers=OPTIMIZERS, members=ARCHITECTURES):
-        self.optimizers, self.members = tuple(optimizers), tuple(members)
+    def __init__(self, seed, optimizers=OPTIMIZERS, members=ARCHITECTURES, overrides=None):
+        self.optimizers, self.members, self.overrides = tuple(optimizers), tuple(members), dict(overrides or {})
         self.generator = random.Random(seed)
 
     def next(self):
@@ -133,8 +134,8 @@ class FamilyDraws:
         return self.task(seed), seed
 
     def task(self, seed):
-        """The task of family seed ``seed`` with this environment's optimizers and fixed members."""
-        return family_task(seed, self.optimizers, self.members)
+        """The task of family seed ``seed`` with this environment's optimizers, fixed members and overrides."""
+        return replace(family_task(seed, self.optimizers, self.members), **self.overrides)
 
     def state_dict(self):
         return {"generator": list(self.generator.getstate()[1]), "version": self.generator.getstate()[0]}
@@ -149,8 +150,18 @@ def task_from_args(args, **overrides):
 
 
 def parse_task(spec, base):
-    """A ``key=value,key=value`` task description, the keys left out taken from the Task ``base``.
-    A malformed one is a ValueError saying what is wrong."""
+    """A ``key=value,key=value`` task description, the keys left out taken from the Task ``base``
+    (``family=SEED``: from that family instance). A malformed one is a ValueError saying what is wrong."""
+    values = parse_task_values(spec)
+    if "family" in values:
+        base = family_task(values.pop("family"))
+    task = replace(base, **values)
+    check_task(task)
+    return task
+
+
+def parse_task_values(spec):
+    """The {key: value} of a ``key=value,...`` task description (Task keys and ``family``), converted."""
     values = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         key, sep, value = item.partition("=")
@@ -162,11 +173,7 @@ def parse_task(spec, base):
                            else value.strip())
         except ValueError:
             raise ValueError(f"{key}={value!r} is not a number") from None
-    if "family" in values:
-        base = family_task(values.pop("family"))
-    task = replace(base, **values)
-    check_task(task)
-    return task
+    return values
 
 
 def check_task(task):

@@ -23,10 +23,10 @@ import distributed
 import flags
 from data import dataset_name
 from tasks import VARIANT_KEYS, load_task_splits, parse_task, task_from_args
-from controller import controller_features, load_controller, read_controller_checkpoint, start_lrs
+from alrs.controller import controller_features, load_controller, read_controller_checkpoint, start_lrs
 from environment import EPISODE_METRICS as METRICS, EnvConfig, run_synced
 from plots import plot_schedules
-from ppo import ActorCritic
+from alrs.policy import ActorCritic
 from runs import SEED_STRIDE, UNTRAINED_CHECKPOINT, baseline_dir, best_of, check_writable, checkpoint_path, find_run
 from schedules import BASELINE_KINDS, baseline_schedule, replay_schedules
 from stats import paired_difference, summarize, verdict

@@ -21,11 +21,11 @@ from tqdm import tqdm
 import distributed
 import flags
 from data import data_source
-from controller import controller_state, nearest_start, start_lrs
+from alrs.controller import controller_state, nearest_start, start_lrs
 from environment import EnvConfig, FamilyVecEnv, TaskMixVecEnv, VecALRSEnv
 from plots import plot_training
-from ppo import (ADAM_EPSILON, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer,
-                 policy_statistics, ppo_update)
+from alrs.policy import ActorCritic, VecNormalizer
+from ppo import ADAM_EPSILON, NormalizedVecEnv, PPOConfig, RolloutBuffer, policy_statistics, ppo_update
 from runs import (BEST_WINDOW, SEED_STRIDE, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state,
                   new_run_dir, save_training_state)
 from tasks import TASK_KEYS, FamilyDraws, load_task_splits, parse_task, task_from_args
@@ -149,7 +149,8 @@ def make_envs(args, tasks, seeds, device):
         envs.append(VecALRSEnv(config.for_task(task), splits, fixed[start:start + count], device))
         start += count
     if family:
-        draws = [FamilyDraws(seed, args.family_optimizers, args.family_members) for seed in family]
+        draws = [FamilyDraws(seed, args.family_optimizers, args.family_members, args.family_override)
+                 for seed in family]
         load = functools.partial(load_task_splits, data_dir=args.data_dir, device=device, download=args.download)
         envs.append(FamilyVecEnv(config, draws, load, device))
     return TaskMixVecEnv(envs, [task.name for task in tasks] + [FAMILY] * bool(family))
@@ -218,8 +219,9 @@ def train(args, device):
     config, tasks = PPOConfig.from_args(args), training_tasks(args)
     raw_envs, run = open_run(args, config, tasks, run_dir, device)
     learner = build_learner(args, config, raw_envs, run.rank)
+    optimizers = sorted({task.optimizer for task in tasks} | set(args.family_optimizers if args.family else ()))
     controller = lambda: controller_state(learner.agent, learner.normalizer, args.action_range, args.action_param,
-                                          args.features, args.anchor, args.anchor_range)
+                                          args.features, args.anchor, args.anchor_range, optimizers)
     bar = board = None
     try:
         progress = restore(learner, run, start_lrs(args.initial_lr), device) if args.resume else \

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a clone
 from data import load_splits  # noqa: E402
-from scheduler import ALRSScheduler  # noqa: E402
+from alrs.scheduler import ALRSScheduler  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 

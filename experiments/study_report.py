@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from controller import RANDOM_INITIAL_LRS as STARTS, nearest_start  # noqa: E402
+from alrs.controller import RANDOM_INITIAL_LRS as STARTS, nearest_start  # noqa: E402
 from plots import running_mean  # noqa: E402
 
 WINDOW = 10  # updates in the running mean

@@ -171,7 +171,7 @@ def test_image_folder_dataset_runs_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("script, argv, message", [
     ("train", ["--dataset", "imagenet"], "choose from mnist, fa-mnist, cifar10"),
-    ("baselines", ["--architecture", "vgg"], "invalid choice: 'vgg'"),
+    ("baselines", ["--architecture", "vgg"], "unknown architecture 'vgg'; choose from mlp, cnn, resnet"),
     ("train", ["--batch-size", "0"], "--batch-size: must be positive"),
     ("train", ["--action-range", "1"], "--action-range: must be > 1"),
     ("baselines", ["--num-train-steps", "20", "--update-freq", "7"], "--num-train-steps: must be a multiple of"),

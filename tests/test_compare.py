@@ -17,7 +17,7 @@ from schedules import Replay, pooled_replay
 from tasks import Task
 from utils import run_cli
 
-PRETRAINED = ROOT / "pretrained" / "fa-mnist_mlp_stable.pt"
+PRETRAINED = ROOT / "alrs" / "pretrained" / "fa-mnist_mlp_stable.pt"
 TINY_TASK = "dataset=fa-mnist,architecture=mlp,batch_size=16,num_train_steps=20,train_size=200,val_size=50"
 
 
@@ -135,7 +135,7 @@ def test_batches_are_shuffled_epochs_without_the_partial_batch():
 def test_the_rate_schedules_follow_their_definitions():
     def rates(method, total=100, val_losses=None):
         model = torch.nn.Linear(2, 2)
-        optimizer = compare.make_optimizer(method, model, total)
+        optimizer = compare.make_optimizer(method, compare.BASE_TASK, model, total)
         scheduler = compare.make_scheduler(method, optimizer, model, None, total)
         lrs = []
         for step in range(total):
@@ -247,7 +247,7 @@ def test_cli_runs_the_pooled_replay_after_every_task_s_controller_runs(mnist_dir
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--task", "architecture=vgg"], "architecture one of"),
+    (["--task", "architecture=vgg"], "unknown architecture 'vgg'"),
     (["--task", "num_train_steps=25"], "multiple of 10"),
     (["--task", "colour=red"], "'colour=red' is not key=value"),
     (["--seeds", "0"], "must be positive"),

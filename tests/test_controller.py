@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import utils
-from controller import (FEATURES, LR_MAX, LR_MIN, RANDOM_INITIAL_LRS, Controller, apply_action, clip_lr,
+from alrs.controller import (FEATURES, LR_MAX, LR_MIN, RANDOM_INITIAL_LRS, Controller, apply_action, clip_lr,
                         controller_state, load_controller, nearest_start, observation_features, relative_features,
                         start_lrs)
-from ppo import ActorCritic, VecNormalizer
+from alrs.policy import ActorCritic, VecNormalizer
 
 
 # ----------------------------------------------------------------------------- rates

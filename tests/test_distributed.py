@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import distributed
 from conftest import ROOT, TINY_GRID, jsonl, run
 from conftest import TINY as TINY_SETTING, TINY_PPO as TINY_PPO_SETTING
-from ppo import RunningMeanStd
+from alrs.policy import RunningMeanStd
 
 WORLD = 2
 TINY = [*TINY_SETTING, "--architecture", "mlp"]

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 import utils
 from data import load_splits
 from children import ModuleChildren, VmapChildren, make_children
-from controller import LR_MAX, LR_MIN, apply_action
+from alrs.controller import LR_MAX, LR_MIN, apply_action
 from environment import Discrete, EnvConfig, VecALRSEnv, run_episode
-from models import build_model, output_layer_name
+from alrs.controller import output_layer_name
+from models import build_model
 from schedules import Cosine, baseline_schedule
 
 TRAIN_SIZE, VAL_SIZE, BATCH, FREQ, STEPS = 200, 50, 16, 3, 12

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import ARCHITECTURES, build_model, has_buffers, output_layer_name
+from alrs.controller import output_layer_name
+from models import ARCHITECTURES, build_model, has_buffers
 
 # (channels, height/width, classes): MNIST-likes, CIFAR-10, and ImageFolder-like sets
 SHAPES = [(1, 28, 10), (3, 32, 10), (3, 40, 3), (1, 64, 5)]

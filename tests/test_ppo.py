@@ -9,8 +9,8 @@ from torch import nn
 
 import flags
 import ppo
-from ppo import (DEFAULT_CLIP, ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, RunningMeanStd, VecNormalizer, compute_gae,
-                 explained_variance, gradient_step, policy_statistics, ppo_loss, ppo_update)
+from alrs.policy import DEFAULT_CLIP, ActorCritic, RunningMeanStd, VecNormalizer
+from ppo import NormalizedVecEnv, PPOConfig, RolloutBuffer, compute_gae, explained_variance, gradient_step, policy_statistics, ppo_loss, ppo_update
 
 # ----------------------------------------------------------------------------- GAE
 

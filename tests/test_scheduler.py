@@ -1,5 +1,6 @@
 """ALRSScheduler in a plain PyTorch loop gives the environment's learning rates and losses exactly."""
 import importlib.util
+import math
 import re
 import warnings
 
@@ -12,14 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from children import BatchSampler, to_float
 from conftest import ROOT, write_image_folder, write_mnist
 from data import load_splits
-from controller import FEATURES, Controller
+from alrs.controller import FEATURES, Controller
 from environment import EnvConfig, VecALRSEnv, run_episode
-from ppo import ActorCritic, VecNormalizer
+from alrs.policy import ActorCritic, VecNormalizer
 from models import build_model
-from scheduler import ALRSScheduler, load_scheduler_controller
+from alrs.scheduler import ALRSScheduler, load_scheduler_controller
 from utils import run_cli
 
-PRETRAINED = ROOT / "pretrained" / "fa-mnist_mlp_stable.pt"
+PRETRAINED = ROOT / "alrs" / "pretrained" / "fa-mnist_mlp_stable.pt"
 STEPS, FREQ, BATCH, SEED = 40, 10, 16, 3
 
 
@@ -166,11 +167,12 @@ def test_scheduler_is_a_torch_scheduler_and_steps_without_a_loss(splits, monkeyp
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
     assert scheduler.last_epoch == 0 and scheduler.base_lrs == [1e-3]
     images, labels = to_float(splits.train_x[:BATCH]), splits.train_y[:BATCH]
-    for _ in range(FREQ):
-        optimizer.zero_grad()
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-        scheduler.step()
+    with pytest.warns(UserWarning, match="step\\(\\) without the loss"):
+        for _ in range(FREQ):
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+            scheduler.step()
     assert scheduler.last_epoch == FREQ and len(observed) == 2
     assert observed[1][0] == observed[1][1] == np.float32(scheduler.val_loss)
 
@@ -179,11 +181,12 @@ def test_scheduler_errors_name_the_argument(splits):
     val = (to_float(splits.val_x), splits.val_y)
     no_linear = torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten())
     adam = lambda model: torch.optim.Adam(model.parameters(), lr=1e-3)
-    with pytest.raises(ValueError, match="model has no nn.Linear.*output_layer"):
+    with pytest.raises(ValueError, match="model: no nn.Linear is called.*output_layer="):
         ALRSScheduler(adam(no_linear), no_linear, PRETRAINED, val)
-    ALRSScheduler(adam(no_linear), no_linear, PRETRAINED, val, output_layer="0")  # a named layer works
+    with pytest.raises(ValueError, match="output_layer: '0' is a Conv2d, not the nn.Linear"):
+        ALRSScheduler(adam(no_linear), no_linear, PRETRAINED, val, output_layer="0")
     model = build_model("mlp", 1, (28, 28))
-    with pytest.raises(ValueError, match="output_layer 'head'"):
+    with pytest.raises(ValueError, match="output_layer: model has no layer 'head'"):
         ALRSScheduler(adam(model), model, PRETRAINED, val, output_layer="head")
     for empty in ((val[0][:0], val[1][:0]), DataLoader(TensorDataset(val[0][:0], val[1][:0]), batch_size=4)):
         with pytest.raises(ValueError, match="val_data holds no samples"):
@@ -205,8 +208,12 @@ def test_from_pretrained_finds_the_shipped_controllers_from_any_folder(splits, t
 def test_scheduler_warns_for_other_optimizers_only(splits):
     model = build_model("mlp", 1, (28, 28))
     val = (to_float(splits.val_x), splits.val_y)
-    with pytest.warns(UserWarning, match="trained to set Adam's learning rate"):
-        ALRSScheduler(torch.optim.SGD(model.parameters(), lr=1e-3), model, PRETRAINED, val)
+    for optimizer, kind in ((torch.optim.SGD(model.parameters(), lr=1e-3), "sgd"),
+                            (torch.optim.AdamW(model.parameters(), lr=1e-3), "adamw"),
+                            (torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2), "L2 weight decay")):
+        with pytest.warns(UserWarning, match=f"trained to set the rate of adam; with .*{kind}.*untested") as caught:
+            ALRSScheduler(optimizer, model, PRETRAINED, val)
+        assert caught[0].filename == __file__  # the warning points at the user's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ALRSScheduler(torch.optim.Adam(model.parameters(), lr=1e-3), model, PRETRAINED, val)
@@ -256,3 +263,137 @@ def test_own_loop_example_trains_with_the_pretrained_controller_offline(tmp_path
     with pytest.raises(SystemExit) as exit_info:
         run_cli(example.main, ["--data-dir", str(tmp_path / "nothing")], prog="own_loop.py")
     assert exit_info.value.code == 2 and "fa-mnist not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a user's mistakes, one line each
+
+def adam(model, lr=1e-3):
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def train_steps(model, optimizer, scheduler, images, labels, steps, loss_of=None):
+    """``steps`` training steps on one batch, the scheduler stepped with ``loss_of(loss)`` (default: the loss)."""
+    for _ in range(steps):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step(loss if loss_of is None else loss_of(loss))
+
+
+@pytest.mark.parametrize("make_val, message", [
+    (lambda x, y: (x, y.float().view(-1, 1)), "labels must be integer class indices.*not regression"),
+    (lambda x, y: (x, torch.rand(len(y), 3)), "labels must be integer class indices"),
+    (lambda x, y: ((x[i:i + 10], y[i:i + 10]) for i in range(0, len(y), 10)), "generator or iterator"),
+    (lambda x, y: [{"image": x, "label": y}], "got a dict with keys image, label"),
+    (lambda x, y: [x], "batches must be \\(images, labels\\) pairs of tensors, got Tensor"),
+    (lambda x, y: (x, y[:-1]), "60 images but 59 labels"),
+    (lambda x, y: (x, y + 10), "labels run from 10 to 19, but the model has 10 outputs"),
+    (lambda x, y: (x.flatten(1), y), "val_data: the model cannot take its images, of shape \\(784,\\)"),
+])
+def test_bad_validation_data_gets_one_line_naming_it(splits, make_val, message):
+    model = build_model("cnn", 1, (28, 28))
+    with pytest.raises((ValueError, TypeError), match=message) as error:
+        ALRSScheduler(adam(model), model, PRETRAINED, make_val(to_float(splits.val_x), splits.val_y))
+    assert "\n" not in str(error.value)
+
+
+def test_a_dataset_is_read_once_and_val_size_watches_a_fixed_subset(splits):
+    model = build_model("mlp", 1, (28, 28))
+    images, labels = to_float(splits.val_x), splits.val_y
+    from_dataset = ALRSScheduler(adam(model), model, PRETRAINED, TensorDataset(images, labels), val_size=None)
+    assert torch.equal(from_dataset.val_images, images) and torch.equal(from_dataset.val_labels, labels)
+    subsets = [ALRSScheduler(adam(model), model, PRETRAINED, (images, labels), val_size=8) for _ in range(2)]
+    assert len(subsets[0].val_labels) == 8 and torch.equal(subsets[0].val_images, subsets[1].val_images)
+    assert not torch.equal(subsets[0].val_images, images[:8])  # a random subset, not the first (maybe sorted) ones
+    for name, value in (("update_freq", 10.5), ("total_steps", "100"), ("val_size", 0), ("warmup_steps", -1)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            ALRSScheduler(adam(model), model, PRETRAINED, (images, labels), **{name: value})
+
+
+def test_non_finite_and_per_sample_losses(splits):
+    """NaN and inf losses are left out of the block's mean with one warning; the run goes on. A per-sample
+    loss vector is refused at once."""
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = adam(model)
+    scheduler = ALRSScheduler(optimizer, model, PRETRAINED, (to_float(splits.val_x), splits.val_y))
+    images, labels = to_float(splits.train_x[:BATCH]), splits.train_y[:BATCH]
+    bad = iter([math.nan, math.inf] + [None] * 100)
+    with pytest.warns(UserWarning, match="2 of the last 10 losses were not finite") as caught:
+        train_steps(model, optimizer, scheduler, images, labels, 3 * FREQ,
+                    lambda loss: loss if (value := next(bad)) is None else torch.tensor(value))
+    assert sum("not finite" in str(w.message) for w in caught) == 1 and math.isfinite(scheduler.lr)
+    assert caught[0].filename == __file__
+    with pytest.raises(ValueError, match=r"one loss per step.*shape \(16,\); pass loss.mean\(\)"):
+        scheduler.step(F.cross_entropy(model(images), labels, reduction="none"))
+
+
+def test_warnings_for_rates_out_of_range_running_past_the_end_and_stepping_first(splits):
+    model = build_model("mlp", 1, (28, 28))
+    val = (to_float(splits.val_x), splits.val_y)
+    with pytest.warns(UserWarning, match="learning rate 0.5 is outside the controller's range.*starts from 0.1"):
+        ALRSScheduler(torch.optim.Adam(model.parameters(), lr=0.5), model, PRETRAINED, val)
+    optimizer = adam(model)
+    scheduler = ALRSScheduler(optimizer, model, PRETRAINED, val, total_steps=FREQ)
+    with pytest.warns(UserWarning, match="before optimizer.step"):
+        scheduler.step(1.0)
+    images, labels = to_float(splits.train_x[:BATCH]), splits.train_y[:BATCH]
+    with pytest.warns(UserWarning, match="step 11: past total_steps=10") as caught:
+        train_steps(model, optimizer, scheduler, images, labels, 2 * FREQ)
+    assert sum("past total_steps" in str(w.message) for w in caught) == 1
+
+
+def test_the_output_layer_is_the_last_linear_the_forward_pass_calls(splits):
+    class HeadFirst(torch.nn.Module):  # the head registered before the body
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(32, 10)
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU())
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    model = HeadFirst()
+    scheduler = ALRSScheduler(adam(model), model, PRETRAINED, (to_float(splits.val_x), splits.val_y))
+    assert scheduler.output_layer is model.head
+
+
+def test_warm_up_then_the_controller_and_sequential_lr(splits):
+    """warmup_steps ramps the rate linearly, then the controller's episode starts from the optimizer's
+    rate on the warmed-up model. Inside SequentialLR after a LinearLR warm-up the episode starts at
+    the milestone the same way; ChainedScheduler is refused in one line."""
+    images, labels = to_float(splits.train_x[:BATCH]), splits.train_y[:BATCH]
+    val = (to_float(splits.val_x), splits.val_y)
+    torch.manual_seed(0)
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = adam(model)
+    scheduler = ALRSScheduler(optimizer, model, PRETRAINED, val, warmup_steps=4)
+    rates = [scheduler.get_last_lr()[0]]
+    for _ in range(4 + FREQ):
+        train_steps(model, optimizer, scheduler, images, labels, 1)
+        rates.append(scheduler.get_last_lr()[0])
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[4] != 1e-3 and rates[4] == rates[4 + FREQ - 1] != rates[4 + FREQ]  # acts at 4, then every 10
+    assert scheduler.initial_lr == 1e-3 and scheduler.episode_start == 4
+
+    torch.manual_seed(0)
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = adam(model)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.25, total_iters=4)
+    alrs = ALRSScheduler(optimizer, model, PRETRAINED, val)
+    sequential = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, alrs], milestones=[4])
+    seen = [optimizer.param_groups[0]["lr"]]
+    with pytest.warns(UserWarning, match="step\\(\\) without the loss"):
+        for _ in range(4 + FREQ):
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sequential.step()
+            seen.append(optimizer.param_groups[0]["lr"])
+    assert seen[:4] == pytest.approx([2.5e-4, 4.375e-4, 6.25e-4, 8.125e-4])
+    assert alrs.episode_start == 0 and alrs.initial_lr == 1e-3 and seen[4] == pytest.approx(rates[4])
+    assert sequential.get_last_lr() == alrs.get_last_lr() == alrs.get_lr()
+    chained = torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.LinearLR(optimizer), alrs])
+    with pytest.raises(TypeError, match="cannot run inside ChainedScheduler"):
+        chained.step()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data import Splits, load_splits
-from controller import FEATURES, relative_features
+from alrs.controller import FEATURES, relative_features
 from environment import EnvConfig, TaskMixVecEnv, VecALRSEnv, run_episode, stack
 from schedules import StepDecay, replay_schedules
 from tasks import Task, make_variant, parse_task

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from environment import EnvConfig, VecALRSEnv
-from ppo import ActorCritic, NormalizedVecEnv, PPOConfig, RolloutBuffer, VecNormalizer, ppo_update
+from alrs.policy import ActorCritic, VecNormalizer
+from ppo import NormalizedVecEnv, PPOConfig, RolloutBuffer, ppo_update
 from train import RecentFinals, collect_rollout
 from data import load_splits
 from plots import plot_training

@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import nn
 
-from ppo import ActorCritic, VecNormalizer
-from utils import UserError, load_checkpoint
+from alrs.policy import ActorCritic, VecNormalizer
+from alrs.checkpoint import UserError, load_checkpoint
 
 LR_MIN, LR_MAX = 1e-5, 1e-1  # every rate a controller sets, or an episode starts from, is clipped to this range
 RANDOM_INITIAL_LRS = (1e-2, 1e-3, 1e-4)  # drawn from when --initial-lr is 0
@@ -143,6 +144,13 @@ def action_bounds(action_param, action_range):
     return (-1.0, 1.0) if action_param == "log" else (1 / action_range, action_range)
 
 
+def output_layer_name(model):
+    """Name of the output layer whose weights are observed: the last ``nn.Linear`` of ``model``'s modules
+    (the children's, built in order; the scheduler finds the last one a forward pass calls instead)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1]
+
+
 # ----------------------------------------------------------------------------- the controller
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +168,7 @@ class Controller:
     deterministic: bool = True
     anchor: str = "none"  # the base schedule its rate multiplies (a key of ANCHORS)
     anchor_range: float = DEFAULT_ANCHOR_RANGE
+    optimizers: tuple = ("adam",)  # the child optimizers it was trained with (optimizers.OPTIMIZERS names)
 
     def starting_at(self, initial_lr, agent=None):
         """This controller from rate ``initial_lr`` (with another policy ``agent``, if given)."""
@@ -176,11 +185,12 @@ class Controller:
 # ----------------------------------------------------------------------------- checkpoints
 
 def controller_state(agent, normalizer, action_range, action_param="clip", features="reference", anchor="none",
-                     anchor_range=DEFAULT_ANCHOR_RANGE):
+                     anchor_range=DEFAULT_ANCHOR_RANGE, optimizers=("adam",)):
     """What a learned schedule needs at test time: weights, frozen normalizer, action semantics (with
-    the anchor) and the observation it expects (a key of FEATURES)."""
+    the anchor), the observation it expects (a key of FEATURES) and the child optimizers it trained with."""
     return {"format": CHECKPOINT_FORMAT, "discrete": agent.discrete, "action_range": action_range,
             "action_param": action_param, "features": features, "anchor": anchor, "anchor_range": anchor_range,
+            "optimizers": list(optimizers),
             "agent": agent.state_dict(),
             "normalizer": normalizer.state_dict(), "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
 
@@ -202,7 +212,8 @@ def controller_features(state):
 def load_controller(state, deterministic=True):
     """The ``Controller`` of a ``controller_state`` dict, in eval mode with its normalizer frozen.
     Checkpoints from before the action parametrization was saved act with "clip"; those from before
-    the feature sets observe the reference's features; those from before anchors have none."""
+    the feature sets observe the reference's features; those from before anchors have none and were
+    trained with Adam."""
     agent = ActorCritic(state["agent"]["actor.0.weight"].shape[1], discrete=state["discrete"])
     agent.load_state_dict(state["agent"])
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
@@ -210,4 +221,5 @@ def load_controller(state, deterministic=True):
     normalizer.training = False
     return Controller(agent.eval(), normalizer, state["action_range"], state.get("action_param", "clip"),
                       controller_features(state), deterministic=deterministic, anchor=state.get("anchor", "none"),
-                      anchor_range=state.get("anchor_range", DEFAULT_ANCHOR_RANGE))
+                      anchor_range=state.get("anchor_range", DEFAULT_ANCHOR_RANGE),
+                      optimizers=tuple(state.get("optimizers", ("adam",))))

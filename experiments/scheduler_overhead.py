@@ -1,0 +1,109 @@
+"""What ALRSScheduler costs a user's training loop, against what watching less validation data costs in
+final loss: a CNN (batch norm, dropout) and an MLP on Fashion-MNIST, in a plain loop (Adam at 1e-3,
+batch 128), each without a scheduler (the reference of the same run) and with the scheduler at
+several ``val_size``; every row over the same seeds, child initializations and batches.
+
+    python experiments/scheduler_overhead.py --data-dir data                # prints the table, writes JSON
+    python experiments/scheduler_overhead.py --data-dir data --steps 200 --seeds 1   # a quick look
+
+Overhead is the extra process CPU time of the loop (time.process_time, so other processes on the
+machine do not count) over the loop without a scheduler, in percent. The final validation loss is
+measured on all 2000 validation images, whatever the scheduler watched.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from alrs import ALRSScheduler  # noqa: E402
+from alrs.validation import predict  # noqa: E402
+from children import to_float  # noqa: E402
+from compare import batches  # noqa: E402
+from data import load_splits  # noqa: E402
+from stats import summarize  # noqa: E402
+
+CONTROLLER = "generalist_mlp_progress"
+VAL_IMAGES = 2000
+
+
+def cnn():
+    """A small CNN of the kind users write: two conv blocks with batch norm, dropout, a linear head."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Dropout(0.25), nn.Linear(32 * 7 * 7, 10))
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+MODELS = {"cnn": cnn, "mlp": mlp}
+
+
+def run(make_model, splits, seed, steps, val_size):
+    """One training run; val_size "none" trains without a scheduler. (final val loss, CPU seconds)."""
+    torch.manual_seed(seed)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    val = (to_float(splits.val_x), splits.val_y)
+    started = time.process_time()
+    scheduler = None if val_size == "none" else ALRSScheduler.from_pretrained(
+        CONTROLLER, optimizer, model, val, total_steps=steps, val_size=None if val_size == "all" else val_size)
+    for _, batch in zip(range(steps), batches(len(splits.train_y), 128, seed)):
+        loss = F.cross_entropy(model(to_float(splits.train_x[batch])), splits.train_y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step(loss)
+    seconds = time.process_time() - started
+    return F.cross_entropy(predict(model, val[0]), val[1]).item(), seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--val-sizes", nargs="+", default=["all", "512", "256", "128"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--out", default=None, help="a JSON file for the figures (default: print only)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    splits = load_splits("fa-mnist", args.data_dir, train_size=20000, val_size=VAL_IMAGES)
+    sizes = ["none"] + [size if size == "all" else int(size) for size in args.val_sizes]
+    results = {}
+    for name in args.models:
+        for size in sizes:
+            runs = [run(MODELS[name], splits, seed, args.steps, size) for seed in range(args.seeds)]
+            results[f"{name}/{size}"] = {"val_loss": [r[0] for r in runs], "seconds": [r[1] for r in runs]}
+            print(f"{name} val_size {size}: " + ", ".join(f"{loss:.4f} in {s:.1f} s" for loss, s in runs), flush=True)
+    print(f"\n{args.steps} steps, batch 128, Adam 1e-3, {args.seeds} seeds, {CONTROLLER}; overhead: extra CPU time "
+          "over the loop without a scheduler (same seeds)\n")
+    print("| child | validation samples watched | final val loss (2000 images) | loop CPU s | overhead |")
+    print("|---|---|---|---|---|")
+    for name in args.models:
+        reference = sum(results[f"{name}/none"]["seconds"])
+        for size in sizes:
+            row = results[f"{name}/{size}"]
+            loss = summarize(row["val_loss"])
+            overhead = "reference" if size == "none" else f"{100 * (sum(row['seconds']) / reference - 1):+.0f}%"
+            label = "no scheduler (constant 1e-3)" if size == "none" else f"{VAL_IMAGES if size == 'all' else size}"
+            print(f"| {name} | {label} | {loss['mean']:.4f} ± {loss['sem'] or 0:.4f} | "
+                  f"{sum(row['seconds']) / len(row['seconds']):.1f} | {overhead} |")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "controller": CONTROLLER,
+                                              "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
