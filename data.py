@@ -71,9 +71,10 @@ MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 TORCHVISION_CLASSES = {"mnist": MNIST, "fa-mnist": FashionMNIST, "cifar10": CIFAR10}
 MISSING_HINTS = {  # where the files go, for a machine without network
-    "mnist": "copy ../shared/data/MNIST (or torchvision's MNIST/raw files) into {data_dir}/, or pass --data-dir",
-    "fa-mnist": "copy ../shared/data/FashionMNIST (or torchvision's FashionMNIST/raw files) into {data_dir}/, "
-                "or pass --data-dir",
+    "mnist": "put torchvision's MNIST files ({{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte, raw or .gz) in "
+             "{data_dir}/MNIST/raw/, or pass --data-dir",
+    "fa-mnist": "put torchvision's FashionMNIST files ({{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte, raw or .gz) "
+                "in {data_dir}/FashionMNIST/raw/, or pass --data-dir",
     "cifar10": "unpack cifar-10-python.tar.gz into {data_dir}/ (it holds cifar-10-batches-py/), or pass --data-dir",
 }
 

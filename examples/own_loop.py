@@ -1,13 +1,13 @@
 """Train your own model with a learned learning-rate schedule: a plain PyTorch loop plus ALRSScheduler.
 
-    python examples/own_loop.py --data-dir ../shared/data              # Fashion-MNIST, raw or .gz IDX files
+    python examples/own_loop.py --data-dir data                         # Fashion-MNIST, raw or .gz IDX files
     python examples/own_loop.py --data-dir data --download             # fetch it first (needs internet)
     python examples/own_loop.py --image-folder my_images --steps 2000  # my_images/{train,test}/<class>/*.png
-    python examples/own_loop.py --data-dir ../shared/data --constant   # the same loop at a constant rate
+    python examples/own_loop.py --data-dir data --constant              # the same loop at a constant rate
 
 The data come from the project's loader (data.load_splits), which reads the files torchvision
 downloads as they are, so the example runs offline. The pretrained controller
-(pretrained/fa-mnist_mlp_stable.md) was trained on a 784-256-128-10 MLP with Adam, batch 128 and
+(alrs/pretrained/fa-mnist_mlp_stable.md) was trained on a 784-256-128-10 MLP with Adam, batch 128 and
 2000 validation images; the closer your setting is to that, the closer you are to what it was tested on.
 """
 import argparse
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in a clone
 from data import load_splits  # noqa: E402
-from alrs.scheduler import ALRSScheduler  # noqa: E402
+from alrs import ALRSScheduler  # noqa: E402
 from utils import run_cli  # noqa: E402
 
 

@@ -12,7 +12,6 @@ measured on all 2000 validation images, whatever the scheduler watched.
 """
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path

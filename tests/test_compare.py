@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import compare
+import compare_report
 from compare import Method
 from conftest import ROOT
 from schedules import Replay, pooled_replay
@@ -39,17 +40,17 @@ def task_runs(losses):
 
 
 def test_summarize_and_paired_difference():
-    assert compare.summarize([1.0, 2.0, math.nan, 3.0]) == {"mean": 2.0, "std": pytest.approx(1.0),
+    assert compare_report.summarize([1.0, 2.0, math.nan, 3.0]) == {"mean": 2.0, "std": pytest.approx(1.0),
                                                            "sem": pytest.approx(1 / math.sqrt(3)),
                                                            "runs": 3, "diverged": 1}
     a, b = {0: 1.0, 1: 2.0, 2: 3.0, 3: math.nan}, {0: 0.5, 1: 1.5, 2: 2.9, 4: 1.0}
-    diff = compare.paired_difference(a, b)  # seeds 0-2: differences 0.5, 0.5, 0.1
+    diff = compare_report.paired_difference(a, b)  # seeds 0-2: differences 0.5, 0.5, 0.1
     sem = np.std([0.5, 0.5, 0.1], ddof=1) / math.sqrt(3)
     assert diff == {"mean": pytest.approx(1.1 / 3), "sem": pytest.approx(sem), "runs": 3}
-    assert compare.verdict(diff) == "worse"  # 0.367 > 2 x 0.133
-    assert compare.verdict({"mean": -0.1, "sem": 0.04}) == "better"
-    assert compare.verdict({"mean": -0.1, "sem": 0.06}) == "within 2 SE"
-    assert compare.paired_difference({0: 1.0, 1: 2.0}, {1: 1.0}) is None  # one common seed
+    assert compare_report.verdict(diff) == "worse"  # 0.367 > 2 x 0.133
+    assert compare_report.verdict({"mean": -0.1, "sem": 0.04}) == "better"
+    assert compare_report.verdict({"mean": -0.1, "sem": 0.06}) == "within 2 SE"
+    assert compare_report.paired_difference({0: 1.0, 1: 2.0}, {1: 1.0}) is None  # one common seed
 
 
 def test_picks_and_bar_checks_on_hand_made_numbers():
@@ -61,31 +62,31 @@ def test_picks_and_bar_checks_on_hand_made_numbers():
         "cosine@1e-2": [0.30, 0.30, 0.30],  # the best cosine: 0.31 <= 1.02 x 0.30
         "plateau@1e-3": [0.2, 0.2, 0.2],
         "step_decay/10x0.5@1e-3": [0.5, 0.5, 0.5], "step_decay/4x0.9@1e-3": [0.4, 0.4, 0.4]})
-    summaries = compare.summarize_task(runs)
-    chosen = compare.picks(summaries)
+    summaries = compare_report.summarize_task(runs)
+    chosen = compare_report.picks(summaries)
     assert chosen == {"step_decay@1e-3": "step_decay/4x0.9@1e-3", "cosine_best": "cosine@1e-2"}
-    assert compare.bar_checks(runs, summaries, chosen, "c") == {
+    assert compare_report.bar_checks(runs, summaries, chosen, "c") == {
         "no_failure": True, "beats_constant": True, "beats_cosine": False, "beats_plateau": False,
         "near_best_cosine": False, "beats_replay": True}
     runs["alrs:c@1e-3"][1] = record("alrs:c@1e-3", "alrs", 1e-3, 2.25, 1, "c")  # at chance (ln 10 = 2.30)
-    summaries = compare.summarize_task(runs)
-    assert compare.bar_checks(runs, summaries, chosen, "c")["no_failure"] is False
+    summaries = compare_report.summarize_task(runs)
+    assert compare_report.bar_checks(runs, summaries, chosen, "c")["no_failure"] is False
     runs["constant@1e-3"][1] = record("constant@1e-3", "constant", 1e-3, None, 1, diverged=True)
-    assert compare.bar_checks(runs, summaries, chosen, "c")["no_failure"] is True  # constant failed there too
+    assert compare_report.bar_checks(runs, summaries, chosen, "c")["no_failure"] is True  # constant failed there too
     del runs["plateau@1e-3"]
-    assert compare.bar_checks(runs, summaries, chosen, "c")["beats_plateau"] is None
+    assert compare_report.bar_checks(runs, summaries, chosen, "c")["beats_plateau"] is None
 
 
 def test_bar_verdict_needs_every_task_and_half_the_replays():
-    passing = dict.fromkeys(compare.BAR_CHECKS, True)
+    passing = dict.fromkeys(compare_report.BAR_CHECKS, True)
     no_replay = passing | {"beats_replay": False}
-    assert compare.bar_verdict({"a": passing, "b": passing, "c": no_replay, "d": no_replay}) is True
-    assert compare.bar_verdict({"a": passing, "b": no_replay, "c": no_replay, "d": no_replay}) is False
-    assert compare.bar_verdict({"a": passing, "b": passing | {"beats_cosine": False}}) is False
-    assert compare.bar_verdict({"a": passing, "b": passing | {"near_best_cosine": None}}) is None
+    assert compare_report.bar_verdict({"a": passing, "b": passing, "c": no_replay, "d": no_replay}) is True
+    assert compare_report.bar_verdict({"a": passing, "b": no_replay, "c": no_replay, "d": no_replay}) is False
+    assert compare_report.bar_verdict({"a": passing, "b": passing | {"beats_cosine": False}}) is False
+    assert compare_report.bar_verdict({"a": passing, "b": passing | {"near_best_cosine": None}}) is None
     undecided = no_replay | {"beats_replay": None}
-    assert compare.bar_verdict({"a": no_replay, "b": undecided}) is None  # 1 of 2 would do
-    assert compare.bar_verdict({"a": no_replay, "b": no_replay, "c": undecided}) is False  # 1 of 3 would not
+    assert compare_report.bar_verdict({"a": no_replay, "b": undecided}) is None  # 1 of 2 would do
+    assert compare_report.bar_verdict({"a": no_replay, "b": no_replay, "c": undecided}) is False  # 1 of 3 would not
 
 
 def test_replay_is_the_other_seeds_geometric_mean():
@@ -184,7 +185,7 @@ def test_a_non_finite_loss_ends_the_run_as_diverged(tiny_data, monkeypatch):
     result = compare.train_run(Method("cosine", 1e-3), task, data, seed=0, device="cpu")
     assert result["diverged"] and result["final_val_loss"] is None and result["test_accuracy"] is None
     assert result["lr"] == [1e-3, 1e-3, None]  # the start, block 0 (where it stopped), then nothing
-    assert compare.failed(result)
+    assert compare_report.failed(result)
 
 
 def run(*args):

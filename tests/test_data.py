@@ -293,5 +293,5 @@ def test_without_network_the_error_says_what_to_copy_where(tmp_path, monkeypatch
     with pytest.raises(UserError) as error:
         load_splits("fa-mnist", tmp_path, download=True)
     message = str(error.value)
-    assert "could not download fa-mnist" in message and "copy ../shared/data/FashionMNIST" in message
+    assert "could not download fa-mnist" in message and "FashionMNIST/raw/, or pass --data-dir" in message
     assert "\n" not in message

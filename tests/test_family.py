@@ -10,8 +10,8 @@ from torch import nn
 
 from alrs.controller import anchor_factor, bound_to_anchor, output_layer_name
 from conftest import TINY_PPO, experiment_id, jsonl, run
-from environment import EnvConfig, FamilyVecEnv, VecALRSEnv, run_episode
-from models import RandomClassifier, build_model, check_architecture, has_buffers
+from environment import EnvConfig, FamilyVecEnv, VecALRSEnv
+from models import build_model, check_architecture, has_buffers
 from optimizers import OptimizerSpec, check_optimizer
 from tasks import (FAMILY_TRAINING_SEEDS, FamilyDraws, Task, family_task, load_task_splits, parse_task)
 

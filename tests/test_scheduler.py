@@ -246,7 +246,7 @@ def test_pretrained_controller_is_the_study_policy():
 
 @pytest.mark.slow
 def test_own_loop_example_trains_with_the_pretrained_controller_offline(tmp_path, capsys):
-    """On the .gz files torchvision downloads (as in ../shared/data), an image folder, or no data."""
+    """On the .gz files torchvision downloads (as the offline copies are), an image folder, or no data."""
     spec = importlib.util.spec_from_file_location("own_loop", ROOT / "examples" / "own_loop.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
