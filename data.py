@@ -5,19 +5,16 @@ without network, splits off a fixed validation set, and keeps every split on the
 batches are gathered by index.
 """
 import gzip
+import math
 import pickle
 import re
-import shutil
+import struct
 import zlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, MNIST, FashionMNIST, ImageFolder
-from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.transforms.functional import pil_to_tensor
 
 from utils import UserError, new_folders, remove_empty
 
@@ -69,7 +66,7 @@ MNIST_FOLDERS = {"mnist": "MNIST", "fa-mnist": "FashionMNIST"}
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-TORCHVISION_CLASSES = {"mnist": MNIST, "fa-mnist": FashionMNIST, "cifar10": CIFAR10}
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fa-mnist": "FashionMNIST", "cifar10": "CIFAR10"}  # torchvision.datasets
 MISSING_HINTS = {  # where the files go, for a machine without network
     "mnist": "put torchvision's MNIST files ({{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte, raw or .gz) in "
              "{data_dir}/MNIST/raw/, or pass --data-dir",
@@ -79,18 +76,30 @@ MISSING_HINTS = {  # where the files go, for a machine without network
 }
 
 
-def _read_idx(raw_dir, name, reader):
-    """Read an IDX file with torchvision's reader, from ``name`` or, failing that, ``name.gz``;
-    a damaged file (truncated archive, wrong header) is a UserError naming it."""
+def parse_idx(data):
+    """The uint8 array of an IDX file's bytes (MNIST's format: two zero bytes, the type 0x08, the rank,
+    big-endian sizes, then the values), as torchvision reads it. Read here rather than with
+    torchvision's reader so that loading MNIST does not import torchvision (seconds per process)."""
+    if len(data) < 4 or data[:3] != b"\0\0\x08":
+        raise ValueError("not an IDX file of unsigned bytes")
+    rank = data[3]
+    try:
+        shape = struct.unpack(f">{rank}I", data[4:4 + 4 * rank])
+    except struct.error:
+        raise ValueError("its header is cut short") from None
+    values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank)
+    if values.size != math.prod(shape):
+        raise ValueError(f"it holds {values.size} values, its header says {math.prod(shape)}")
+    return torch.from_numpy(values.reshape(shape).copy())
+
+
+def _read_idx(raw_dir, name):
+    """Read an IDX file from ``name`` or, failing that, ``name.gz``; a damaged file (truncated
+    archive, wrong header) is a UserError naming it."""
     path = raw_dir / name if (raw_dir / name).exists() else raw_dir / f"{name}.gz"
     try:
-        if path.suffix != ".gz":
-            return reader(str(path))
-        with gzip.open(path, "rb") as compressed, tempfile.NamedTemporaryFile() as plain:
-            shutil.copyfileobj(compressed, plain)
-            plain.flush()
-            return reader(plain.name)
-    except (EOFError, OSError, zlib.error, AssertionError, ValueError, RuntimeError) as error:
+        return parse_idx(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+    except (EOFError, OSError, zlib.error, ValueError) as error:
         raise UserError(f"{path} is damaged ({type(error).__name__}: {error}); replace it with a fresh copy") from None
 
 
@@ -110,8 +119,9 @@ def download_dataset(dataset, data_dir):
     empty folders it made are removed."""
     print(f"downloading {dataset} into {data_dir}/ with torchvision ...", flush=True)
     created = new_folders(Path(data_dir) / MNIST_FOLDERS[dataset] / "raw" if dataset in MNIST_FOLDERS else data_dir)
+    import torchvision.datasets  # only here and for image folders: torchvision takes seconds to import
     try:
-        TORCHVISION_CLASSES[dataset](root=str(data_dir), train=True, download=True)
+        getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])(root=str(data_dir), train=True, download=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; bad checksums are RuntimeErrors
         remove_empty(created)
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
@@ -127,8 +137,8 @@ def load_mnist_like(dataset, data_dir):
                         + MISSING_HINTS[dataset].format(data_dir=data_dir) + " (or --download)")
     splits = {}
     for split, (images, labels) in MNIST_FILES.items():
-        x = _read_idx(raw_dir, images, read_image_file).unsqueeze(1)
-        y = _read_idx(raw_dir, labels, read_label_file).long()
+        x = _read_idx(raw_dir, images).unsqueeze(1)
+        y = _read_idx(raw_dir, labels).long()
         splits[split] = (x, y)
     return splits["train"], splits["test"], 10
 
@@ -166,6 +176,8 @@ def load_cifar10(data_dir):
 
 
 def _read_image_folder(root, mode):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor
     folder = ImageFolder(root, loader=lambda path: _open_image(path, mode))
     images = [pil_to_tensor(image) for image, _ in folder]
     odd = next((i for i, x in enumerate(images) if x.shape != images[0].shape), None)
@@ -193,6 +205,7 @@ def load_image_folder(path):
     root = Path(path)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise UserError(f"{root} must hold train/<class>/* and test/<class>/* image folders")
+    from torchvision.datasets import ImageFolder
     try:
         probe = ImageFolder(root / "train")
         if len(probe.classes) < 2:
