@@ -119,9 +119,11 @@ def batches(num_train, batch_size, seed):
 
 
 def make_alrs(optimizer, model, path, val_data, total_steps):
-    """The controller as a user builds it; ``total_steps``, the run's length, is what a controller that
-    observes the fraction of the run done needs (cosine's T_max)."""
-    return ALRSScheduler(optimizer, model, path, val_data, update_freq=UPDATE_FREQ, total_steps=total_steps)
+    """The controller as a user builds it, watching the whole validation split as in training;
+    ``total_steps``, the run's length, is what a controller that observes the fraction of the run done
+    needs (cosine's T_max)."""
+    return ALRSScheduler(optimizer, model, path, val_data, update_freq=UPDATE_FREQ, total_steps=total_steps,
+                         val_size=None)  # all of the task's validation images, as the environment watches
 
 
 def make_optimizer(method, task, model, total_steps):

@@ -100,9 +100,6 @@ def add_setting_flags(p):
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="child training batch size")
     g.add_argument("--update-freq", type=int, default=DEFAULTS.update_freq, help="child steps between actions")
     g.add_argument("--num-train-steps", type=int, default=DEFAULTS.num_train_steps, help="child steps per episode")
-    g.add_argument("--initial-lr", type=finite_float, default=DEFAULTS.initial_lr,
-                   help="child's initial learning rate; 0 draws one of 1e-2, 1e-3, 1e-4 per episode")
-    g.add_argument("--num-envs", type=int, default=4, help="environments (children) trained together")
     g.add_argument("--data-dir", default="data", help="folder holding the datasets (torchvision layout)")
     g.add_argument("--download", action="store_true",
                    help="download mnist, fa-mnist or cifar10 into --data-dir if its files are missing")
@@ -130,6 +127,17 @@ def add_setting_flags(p):
                    help="1: torch.compile the children (CUDA graphs on a GPU; module children only; slow start)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     g.add_argument("--runs-dir", default="runs", help="folder of experiments and baseline results")
+
+
+def add_start_flag(p):
+    """The child's start rate: train.py, and test.py, which tests from it."""
+    p.add_argument("--initial-lr", type=finite_float, default=DEFAULTS.initial_lr,
+                   help="child's initial learning rate; 0 draws one of 1e-2, 1e-3, 1e-4 per episode (test.py: tests each)")
+
+
+def add_envs_flag(p):
+    """How many children train side by side: train.py, and baselines.py, which runs that many grid runs at once."""
+    p.add_argument("--num-envs", type=int, default=4, help="environments (children) trained together")
 
 
 def add_controller_flags(p):
@@ -222,11 +230,11 @@ def add_test_flags(p):
 
 SCRIPTS = {
     "train": ("Train a PPO controller that sets a child network's learning rate (arXiv:1909.09712).",
-              (add_setting_flags, add_controller_flags)),
+              (add_setting_flags, add_start_flag, add_envs_flag, add_controller_flags)),
     "baselines": ("Sweep the step-decay baseline grid (and constant rates) for one dataset and child.",
-                  (add_setting_flags, add_baseline_flags)),
+                  (add_setting_flags, add_envs_flag, add_baseline_flags)),
     "test": ("Evaluate a learned schedule against its untrained controller and the best baselines.",
-             (add_setting_flags, add_test_flags)),
+             (add_setting_flags, add_start_flag, add_test_flags)),
 }
 
 
@@ -301,9 +309,9 @@ def check(parser, args):
     if any(t.num_train_steps % args.update_freq or t.num_train_steps < 2 * args.update_freq for t in tasks):
         parser.error(f"argument --task: num_train_steps must be a multiple of --update-freq ({args.update_freq}), "
                      "at least twice it")
-    if len(tasks) > args.num_envs:
+    if has("num_envs") and len(tasks) > args.num_envs:
         parser.error(f"argument --num-envs: {len(tasks)} tasks need at least as many environments, got {args.num_envs}")
-    if args.initial_lr < 0:
+    if has("initial_lr") and args.initial_lr < 0:
         parser.error("argument --initial-lr: must be positive, or 0 (drawn per episode)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda is not available on this machine (use cpu or auto)")

@@ -115,8 +115,9 @@ def mnist_dir(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- the scripts, tiny
 
-TINY = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
-        "--update-freq", "3", "--num-envs", "2", "--device", "cpu"]
+TINY_SETTING = ["--train-size", "200", "--val-size", "50", "--batch-size", "16", "--num-train-steps", "12",
+                "--update-freq", "3", "--device", "cpu"]  # every script's
+TINY = [*TINY_SETTING, "--num-envs", "2"]  # train.py's and baselines.py's
 TINY_PPO = ["--ppo2-update-freq", "4", "--ppo2-total-timesteps", "64", "--ppo2-nminibatches", "2"]
 TINY_GRID = ["--initial-lrs", "0.01", "0.001", "0.0001", "--discount-steps", "3", "--discount-factors", "0.5"]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import flags
-from conftest import (ROOT, TINY, TINY_GRID, TINY_PPO, experiment_id, jsonl, load_script, run,
+from conftest import (ROOT, TINY, TINY_GRID, TINY_PPO, TINY_SETTING, experiment_id, jsonl, load_script, run,
                       write_image_folder)
 from utils import append_jsonl
 
@@ -23,10 +23,11 @@ from utils import append_jsonl
 def trained(mnist_dir, tmp_path_factory):
     """One tiny controller trained on fa-mnist/mlp from random initial rates, and the baselines."""
     runs = tmp_path_factory.mktemp("runs")
-    common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY, "--architecture", "mlp"]
+    common = ["--data-dir", mnist_dir, "--runs-dir", runs, *TINY_SETTING, "--architecture", "mlp"]
     # 80 episodes from random initial rates: enough for best.pt's 16 per rate
-    out = run("train.py", *common, *TINY_PPO, "--initial-lr", "0", "--ppo2-total-timesteps", "320").stdout
-    run("baselines.py", *common, *TINY_GRID)
+    out = run("train.py", *common, "--num-envs", "2", *TINY_PPO, "--initial-lr", "0",
+              "--ppo2-total-timesteps", "320").stdout
+    run("baselines.py", *common, "--num-envs", "2", *TINY_GRID)
     return runs, experiment_id(out), common
 
 
