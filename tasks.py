@@ -190,9 +190,21 @@ def check_task(task):
     check_optimizer(OptimizerSpec.of(task))
 
 
-def load_task_splits(task, data_dir, device="cpu", download=False):
-    """The splits of ``task``: its dataset's (load_splits), then its variant, on ``device``."""
-    splits = load_splits(task.dataset, data_dir, task.train_size, task.val_size, "cpu", download)
+def load_task_splits(task, data_dir, device="cpu", download=False, cache=None):
+    """The splits of ``task``: its dataset's (load_splits), then its variant, on ``device``. With a
+    ``cache`` (a dict), a dataset is read once for every task of it: a task's training split is the
+    first ``train_size`` images of the whole one, as load_splits takes them."""
+    if cache is None:
+        splits = load_splits(task.dataset, data_dir, task.train_size, task.val_size, "cpu", download)
+    else:
+        key = (task.dataset, task.val_size)
+        if key not in cache:
+            cache[key] = load_splits(task.dataset, data_dir, None, task.val_size, "cpu", download)
+        whole = cache[key]
+        if (task.train_size or 0) > len(whole.train_y):
+            raise UserError(f"{task.dataset} has {len(whole.train_y)} training images besides the validation split, "
+                            f"fewer than train_size {task.train_size}")
+        splits = replace(whole, train_x=whole.train_x[:task.train_size], train_y=whole.train_y[:task.train_size])
     return make_variant(splits, task.classes, task.label_noise, task.image_size).to(device)
 
 

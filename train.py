@@ -151,7 +151,8 @@ def make_envs(args, tasks, seeds, device):
     if family:
         draws = [FamilyDraws(seed, args.family_optimizers, args.family_members, args.family_override)
                  for seed in family]
-        load = functools.partial(load_task_splits, data_dir=args.data_dir, device=device, download=args.download)
+        load = functools.partial(load_task_splits, data_dir=args.data_dir, device=device, download=args.download,
+                                 cache={})  # each dataset read once for every task drawn
         envs.append(FamilyVecEnv(config, draws, load, device))
     return TaskMixVecEnv(envs, [task.name for task in tasks] + [FAMILY] * bool(family))
 

@@ -172,3 +172,12 @@ def test_train_on_the_family_records_the_instances(mnist_dir, tmp_path):
     assert state["anchor"] == "cosine" and state["optimizers"] == ["adam", "sgd"]
     bad = run("train.py", "--data-dir", mnist_dir, "--num-envs", "2", "--family", "3", check=False)
     assert bad.returncode == 2 and "argument --family: between 0 and" in bad.stderr
+
+
+def test_a_cached_dataset_gives_each_task_the_splits_it_would_read(mnist_dir):
+    cache = {}
+    for task in (Task(**SMALL, classes=5), Task(**SMALL | {"train_size": 120}, label_noise=0.4, image_size=14)):
+        cached, read = load_task_splits(task, mnist_dir, cache=cache), load_task_splits(task, mnist_dir)
+        for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+            assert torch.equal(getattr(cached, name), getattr(read, name)), name
+    assert len(cache) == 1

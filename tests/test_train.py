@@ -1,15 +1,19 @@
 """The training loop's pieces: rollout collection (diverging children never reach the controller) and
 the choice of best.pt."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+import flags
 from environment import EnvConfig, VecALRSEnv
 from alrs.policy import ActorCritic, VecNormalizer
 from ppo import NormalizedVecEnv, PPOConfig, RolloutBuffer, ppo_update
 from train import RecentFinals, collect_rollout
 from data import load_splits
 from plots import plot_training
+from tasks import Task
 
 
 def test_diverged_child_ends_its_episode_and_nothing_non_finite_enters_the_controller(mnist_dir):
@@ -77,3 +81,11 @@ def test_every_panel_of_progress_png_with_several_lines_has_a_legend(tmp_path, m
     for ax in figure.axes:
         if len(ax.lines) > 1:
             assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == len(ax.lines), ax.get_ylabel()
+
+
+def test_every_environment_setting_is_a_train_flag():
+    """EnvConfig.from_args reads the flags named like its fields: a field without its flag (one renamed
+    on one side only) would silently keep its default in every run, so it fails here."""
+    flag_names = set(vars(flags.parse_args("train", [])))
+    assert {f.name for f in dataclasses.fields(EnvConfig)} - {"lr_noise"} <= flag_names
+    assert {f.name for f in dataclasses.fields(Task)} <= flag_names
