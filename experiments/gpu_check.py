@@ -16,11 +16,8 @@ bench-variant.json, runs/ (the training run with updates.jsonl and checkpoints, 
 test's results.json and figures), and summary.md and summary.json, rewritten after every step.
 """
 import argparse
-import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,8 +34,10 @@ from runs import TRAINING_STATE, list_runs  # noqa: E402
 from schedules import BASELINE_KINDS  # noqa: E402
 from utils import UserError, atomic_write, load_json, read_jsonl, run_cli, save_json  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "experiments"))
+from capped import run_capped  # noqa: E402
+
 GPU_TESTS = "tests/test_environment.py::test_a_block_never_waits_on_the_gpu"  # skipped without a GPU
-STOP_GRACE_S = 30  # how long a step past its cap may take to stop after SIGINT before it is killed
 SPEED_MARGIN = 1.2  # training is a little slower than bench.py's steady state: resets, the controller, PPO
 
 
@@ -242,28 +241,6 @@ def run_step(step, cap, log, title):
         print(f"  {status} in {seconds:.0f} s; {describe(figures)}; log {log}", flush=True)
     return {"step": step.name, "status": status, "seconds": round(seconds, 1), "cap_s": round(max(cap, 0), 1),
             "figures": figures, "note": note, "command": command, "log": str(log) if log.exists() else None}
-
-
-def run_capped(command, cap, log):
-    """Run a ``python ...`` line from the repository root, its output in ``log``. Past ``cap`` seconds
-    it gets SIGINT, as Ctrl-C, so it stops cleanly, and is killed only if it has not stopped
-    STOP_GRACE_S later. Returns ok, failed or timed out."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as output:
-        output.write(f"$ {command}\n")
-        output.flush()
-        process = subprocess.Popen([sys.executable, *shlex.split(command)[1:]], cwd=ROOT, stdout=output,
-                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            return "ok" if process.wait(timeout=cap) == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            return "timed out"
 
 
 def describe(figures):

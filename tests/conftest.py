@@ -152,3 +152,9 @@ def experiment_id(stdout):
 
 def jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def compare_updates(a, b):
+    """Two runs' updates.jsonl are the same, but for their speed."""
+    drop = lambda records: [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
+    assert drop(jsonl(a)) == drop(jsonl(b))

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import flags
-from conftest import (ROOT, TINY, TINY_GRID, TINY_PPO, TINY_SETTING, experiment_id, jsonl, load_script, run,
-                      write_image_folder)
+from conftest import (ROOT, TINY, TINY_GRID, TINY_PPO, TINY_SETTING, compare_updates, experiment_id, jsonl,
+                      load_script, run, write_image_folder)
 from utils import append_jsonl
 
 @pytest.fixture(scope="module")
@@ -278,11 +278,6 @@ def wait_for(condition, process, timeout=300):
         assert process.poll() is None, process.communicate()
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
-
-
-def compare_updates(a, b):
-    drop = lambda records: [{k: v for k, v in r.items() if k != "steps_per_second"} for r in records]
-    assert drop(jsonl(a)) == drop(jsonl(b))
 
 
 @pytest.mark.slow
