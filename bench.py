@@ -13,6 +13,11 @@ and prints milliseconds per child step with the speed-up of the environment over
 then what that means for planning: seconds per 1000-step episode of one environment (vectorized),
 and the estimated wall time of a default train.py run (50 000 controller steps x 10 child steps,
 child training only).
+
+With --loop-envs 8,16,32,64 it also times train.py's whole loop (rollouts of every environment, with
+their validation passes and observations, then the PPO update: ppo.collect_rollout and ppo_update,
+as train.py runs them) and prints controller steps per second at each number of environments, each
+against the first (the reference, measured in the same run).
 """
 import argparse
 import time
@@ -26,9 +31,11 @@ from torchvision.transforms import ToTensor
 
 from children import PRECISIONS, to_float
 from data import Splits
+from alrs.policy import ActorCritic, VecNormalizer
 from environment import EnvConfig, VecALRSEnv
 from flags import ArgumentParser
 from models import build_model
+from ppo import ADAM_EPSILON, NormalizedVecEnv, PPOConfig, RolloutBuffer, collect_rollout, ppo_update
 from utils import resolve_device, run_cli, save_json
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (1, 28, 28), "resnet": (3, 32, 32)}
@@ -138,6 +145,59 @@ def time_train_only(child, splits, steps, batch_size, device):
     return (time.perf_counter() - start) / steps * 1000
 
 
+def time_training_loop(child, splits, num_envs, rollout, batch_size, device, precision, compile):
+    """Controller steps per second of train.py's loop with ``num_envs`` environments: a rollout of
+    ``rollout`` steps per environment (1000-step episodes, each step 10 child steps and a validation
+    pass) and one PPO update with the reference's settings, after a warm-up rollout and update."""
+    config = EnvConfig(architecture=child, batch_size=batch_size, precision=precision, compile=bool(compile))
+    ppo = PPOConfig(rollout_steps=rollout)
+    envs = VecALRSEnv(config, splits, list(range(num_envs)), device)
+    agent = ActorCritic(envs.observation_space.shape[0])
+    optimizer = torch.optim.Adam(agent.parameters(), lr=ppo.learning_rate, eps=ADAM_EPSILON)
+    normalized = NormalizedVecEnv(envs, VecNormalizer(agent.actor[0].in_features, num_envs))
+    buffer = RolloutBuffer(rollout, num_envs, agent.actor[0].in_features, (1,))
+    obs, _ = normalized.reset()
+    done = np.zeros(num_envs, dtype=bool)
+
+    def update(obs, done):
+        obs, done, _ = collect_rollout(normalized, agent, buffer, obs, done)
+        with torch.no_grad():
+            last_value = agent.value(torch.as_tensor(obs))
+        ppo_update(agent, optimizer, buffer.batch(last_value, done, ppo.gamma), ppo)
+        return obs, done
+
+    obs, done = update(obs, done)  # warm-up: every shape seen once
+    sync(device)
+    start = time.perf_counter()
+    update(obs, done)
+    sync(device)
+    return num_envs * rollout / (time.perf_counter() - start)
+
+
+def loop_table(children, splits_of, env_counts, args, device):
+    """Controller steps per second of the training loop per child and number of environments, each
+    against the first count's (the reference); a count that does not fit in memory is reported so."""
+    print(f"\ntrain.py's loop, controller steps per second ({args.loop_rollout}-step rollouts and a PPO update; "
+          f"x: against {env_counts[0]} environments)")
+    print(f"{'child':<8}" + "".join(f"{f'{n} envs':>18}" for n in env_counts))
+    table = {}
+    for child in children:
+        table[child], cells = {}, []
+        for count in env_counts:
+            try:
+                rate = time_training_loop(child, splits_of(child), count, args.loop_rollout, args.batch_size, device,
+                                          args.precision, args.compile)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                rate = None
+            table[child][count] = rate
+            reference = table[child][env_counts[0]]
+            cells.append(f"{'out of memory':>18}" if rate is None else
+                         f"{rate:>10.1f} ({rate / reference:.2f}x)" if reference else f"{rate:>18.1f}")
+        print(f"{child:<8}" + "".join(cells), flush=True)
+    return table
+
+
 def main(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -152,6 +212,9 @@ def main(argv=None):
     parser.add_argument("--cudnn-benchmark", type=int, default=1, choices=(0, 1), help="as train.py's")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="as train.py's (env loops)")
     parser.add_argument("--compile", type=int, default=0, choices=(0, 1), help="as train.py's (env loops)")
+    parser.add_argument("--loop-envs", default=None, metavar="N,N,...",
+                        help="also time train.py's whole loop at these numbers of environments (the first: reference)")
+    parser.add_argument("--loop-rollout", type=int, default=20, help="rollout steps per environment of that timing")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     children = args.children.split(",")
@@ -161,6 +224,12 @@ def main(argv=None):
         parser.error("argument --device: cuda is not available on this machine")
     if args.steps <= 0 or args.steps % 10:
         parser.error("argument --steps: must be a positive multiple of 10")
+    try:
+        env_counts = [int(n) for n in args.loop_envs.split(",")] if args.loop_envs else []
+    except ValueError:
+        parser.error(f"argument --loop-envs: not a comma-separated list of numbers: {args.loop_envs!r}")
+    if any(n <= 0 for n in env_counts) or args.loop_rollout <= 0:
+        parser.error("argument --loop-envs, --loop-rollout: must be positive")
     device = resolve_device(args.device, args.cudnn_benchmark)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}, torch {torch.__version__}, batch {args.batch_size}, validation {args.val_size} "
@@ -186,6 +255,11 @@ def main(argv=None):
                     f"{plan['seconds_per_episode']:>11.1f}{plan['train_py_minutes']:>11.0f} min")
         print(rows[-1] if len(rows) > 1 else f"milliseconds per child step\n{header}\n{rows[-1]}", flush=True)
         if args.json:  # after each child, so a run stopped part-way keeps the children it timed
+            save_json(args.json, results)
+    if env_counts:
+        splits_of = lambda child: synthetic_splits(child, args.train_size, args.val_size).to(device)
+        results["training_loop_steps_per_second"] = loop_table(children, splits_of, env_counts, args, device)
+        if args.json:
             save_json(args.json, results)
     if args.json:
         print(f"wrote {args.json}")

@@ -3,7 +3,7 @@
 Pieces: the policy (``ActorCritic``, separate 32-32 actor and critic MLPs) and ``VecNormalizer``
 (VecNormalize's observation and reward scaling) come from the alrs package, which a trained
 controller runs with; here are ``NormalizedVecEnv`` (the wrapper that applies the normalizer to an
-environment), ``RolloutBuffer`` with GAE and ``ppo_update`` (clipped surrogate, clipped value loss,
+environment), ``collect_rollout``, ``RolloutBuffer`` with GAE and ``ppo_update`` (clipped surrogate, clipped value loss,
 entropy bonus, gradient clipping). The controller it trains, and its checkpoint, are
 alrs/controller.py's.
 """
@@ -39,6 +39,26 @@ class NormalizedVecEnv:
         obs, reward, terminated, truncated, infos = self.venv.step(actions)
         return (self.normalizer.observation(obs), self.normalizer.reward(reward, terminated | truncated),
                 terminated, truncated, infos)
+
+
+def collect_rollout(envs, agent, buffer, obs, done, on_step=None):
+    """Fill ``buffer`` with one rollout of the current policy in ``envs`` (a NormalizedVecEnv).
+
+    ``obs`` are normalized, ``done[i]`` says whether ``obs[i]`` starts an episode. Returns the next
+    (obs, done) and (step, env, info) of every episode that ended; ``on_step(infos)`` is called
+    after each step with the final infos of the episodes that ended in it.
+    """
+    ended = []
+    for step in range(buffer.num_steps):
+        action, log_prob, value = agent.act(torch.as_tensor(obs))
+        next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+        buffer.add(obs, action, log_prob, value, reward, done)
+        obs, done = next_obs, terminated | truncated
+        ended_now = [(step, int(i), infos[i]) for i in np.flatnonzero(done)]
+        ended += ended_now
+        if on_step:
+            on_step([info for _, _, info in ended_now])
+    return obs, done, ended
 
 
 def compute_gae(rewards, values, dones, last_value, last_done, gamma, lam=GAE_LAMBDA):

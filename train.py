@@ -25,7 +25,8 @@ from alrs.controller import controller_state, nearest_start, start_lrs
 from environment import EnvConfig, FamilyVecEnv, TaskMixVecEnv, VecALRSEnv
 from plots import plot_training
 from alrs.policy import ActorCritic, VecNormalizer
-from ppo import ADAM_EPSILON, NormalizedVecEnv, PPOConfig, RolloutBuffer, policy_statistics, ppo_update
+from ppo import (ADAM_EPSILON, NormalizedVecEnv, PPOConfig, RolloutBuffer, collect_rollout, policy_statistics,
+                 ppo_update)
 from runs import (BEST_WINDOW, SEED_STRIDE, UNTRAINED_CHECKPOINT, check_writable, find_run, load_training_state,
                   new_run_dir, save_training_state)
 from tasks import TASK_KEYS, FamilyDraws, load_task_splits, parse_task, task_from_args
@@ -53,26 +54,6 @@ def keep_records_before(path, update):
     """Drop metric lines written after the checkpoint a resumed run starts from."""
     records = [r for r in read_jsonl(path) if r["update"] < update]
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
-
-
-def collect_rollout(envs, agent, buffer, obs, done, on_step=None):
-    """Fill ``buffer`` with one rollout of the current policy in ``envs`` (a NormalizedVecEnv).
-
-    ``obs`` are normalized, ``done[i]`` says whether ``obs[i]`` starts an episode. Returns the next
-    (obs, done) and (step, env, info) of every episode that ended; ``on_step(infos)`` is called
-    after each step with the final infos of the episodes that ended in it.
-    """
-    ended = []
-    for step in range(buffer.num_steps):
-        action, log_prob, value = agent.act(torch.as_tensor(obs))
-        next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
-        buffer.add(obs, action, log_prob, value, reward, done)
-        obs, done = next_obs, terminated | truncated
-        ended_now = [(step, int(i), infos[i]) for i in np.flatnonzero(done)]
-        ended += ended_now
-        if on_step:
-            on_step([info for _, _, info in ended_now])
-    return obs, done, ended
 
 
 class RecentFinals:

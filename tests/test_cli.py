@@ -360,9 +360,16 @@ def test_baselines_resume_skips_finished_runs(mnist_dir, tmp_path):
 
 def test_bench_writes_milliseconds_and_speedups_per_child(tmp_path):
     out = tmp_path / "bench.json"
-    run("bench.py", "--device", "cpu", "--children", "mlp,cnn", "--steps", "10", "--num-envs", "2",
-        "--batch-size", "8", "--train-size", "64", "--val-size", "32", "--json", out)
+    printed = run("bench.py", "--device", "cpu", "--children", "mlp,cnn", "--steps", "10", "--num-envs", "2",
+                  "--batch-size", "8", "--train-size", "64", "--val-size", "32", "--loop-envs", "2,4",
+                  "--loop-rollout", "2", "--json", out).stdout
     figures = json.loads(out.read_text())
+    loop = figures["training_loop_steps_per_second"]
+    assert set(loop) == {"mlp", "cnn"} and all(set(rates) == {"2", "4"} and min(rates.values()) > 0
+                                               for rates in loop.values())
+    for child, rates in loop.items():  # each count against the first, measured in the same run
+        assert re.search(rf"^{child}\s+{rates['2']:.1f} \(1.00x\)\s+{rates['4']:.1f} \({rates['4'] / rates['2']:.2f}x\)",
+                         printed, re.M), printed
     assert set(figures["children"]) == {"mlp", "cnn"}
     for child in figures["children"].values():
         ms = child["ms_per_child_step"]

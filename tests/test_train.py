@@ -9,8 +9,8 @@ import torch
 import flags
 from environment import EnvConfig, VecALRSEnv
 from alrs.policy import ActorCritic, VecNormalizer
-from ppo import NormalizedVecEnv, PPOConfig, RolloutBuffer, ppo_update
-from train import RecentFinals, collect_rollout
+from ppo import NormalizedVecEnv, PPOConfig, RolloutBuffer, collect_rollout, ppo_update
+from train import RecentFinals
 from data import load_splits
 from plots import plot_training
 from tasks import Task
