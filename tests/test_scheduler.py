@@ -397,3 +397,31 @@ def test_warm_up_then_the_controller_and_sequential_lr(splits):
     chained = torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.LinearLR(optimizer), alrs])
     with pytest.raises(TypeError, match="cannot run inside ChainedScheduler"):
         chained.step()
+
+
+def test_an_anchored_controller_schedules_cosine_in_a_plain_loop_as_in_the_environment(splits):
+    """An untrained anchored controller keeps its controlled rate, so the scheduler runs cosine annealing
+    from the optimizer's rate, block by block, and the environment gives the same rates."""
+    agent = ActorCritic(len(FEATURES["relative-progress"]))
+    with torch.no_grad():
+        agent.actor[-1].weight.zero_()
+        agent.actor[-1].bias.zero_()
+    controller = Controller(agent, VecNormalizer(agent.actor[0].in_features, 1), 1.5, "log", "relative-progress",
+                            anchor="cosine")
+    model = build_model("mlp", 1, (28, 28))
+    optimizer = adam(model)
+    scheduler = ALRSScheduler(optimizer, model, controller, (to_float(splits.val_x), splits.val_y), total_steps=STEPS,
+                              update_freq=FREQ)
+    images, labels = to_float(splits.train_x[:BATCH]), splits.train_y[:BATCH]
+    rates = [scheduler.get_last_lr()[0]]
+    for _ in range(STEPS // FREQ - 1):
+        train_steps(model, optimizer, scheduler, images, labels, FREQ)
+        rates.append(scheduler.get_last_lr()[0])
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * step / STEPS)) for step in range(0, STEPS, FREQ)]
+    assert rates == pytest.approx(cosine)
+    config = EnvConfig(architecture="mlp", batch_size=BATCH, update_freq=FREQ, num_train_steps=STEPS, lr_noise=False,
+                       features="relative-progress", anchor="cosine", action_param="log", action_range=1.5)
+    envs = VecALRSEnv(config, splits, [SEED], "cpu", autoreset=False, anchors=["cosine"])
+    episode = run_episode(envs, lambda obs, lr, step: np.array([controller.starting_at(1e-3).next_lr(obs[0], lr[0], step)]),
+                          [SEED], [1e-3])
+    assert episode["lr"][0, 1:] == pytest.approx(cosine)
