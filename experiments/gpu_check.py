@@ -1,8 +1,9 @@
 """One prepared GPU check, within one wall-time budget: the GPU-only tests; bench.py on the three
-children, and ResNet-18 again compiled in bf16; a --preset stable training at the paper's setting
-(Fashion-MNIST, LeNet-5, batch 1000, 1000-step episodes, initial rates 1e-2/1e-3/1e-4) for as many
-PPO updates as the budget allows; then a short test of that controller against its untrained
-policy and a reduced baseline grid.
+children, and ResNet-18 again compiled in bf16; train.py's loop at 8 to 64 environments (LeNet-5); a
+--preset stable training at the paper's setting (Fashion-MNIST, LeNet-5, batch 1000, 1000-step
+episodes, initial rates 1e-2/1e-3/1e-4) with the fastest number of environments, for as many PPO
+updates as the budget allows; then a short test of that controller against its untrained policy and
+a reduced baseline grid.
 
     python experiments/gpu_check.py --data-dir data --out runs/gpu-check
     python experiments/gpu_check.py --smoke --data-dir data --out /tmp/gpu-check   # tiny, on the CPU
@@ -12,7 +13,7 @@ Run it from the repository root on a machine with one GPU; --data-dir holds Fash
 the budget; time a step leaves unused goes to the training. A step past its cap gets SIGINT, as
 Ctrl-C (train.py keeps its checkpoint, test.py reports the seeds it finished), is reported as timed
 out, and the next step still runs. Writes under --out: logs/<n>-<step>.log, bench.json,
-bench-variant.json, runs/ (the training run with updates.jsonl and checkpoints, the baselines, the
+bench-variant.json, bench-loop.json, runs/ (the training run with updates.jsonl and checkpoints, the baselines, the
 test's results.json and figures), and summary.md and summary.json, rewritten after every step.
 """
 import argparse
@@ -48,11 +49,12 @@ class Plan:
     bench: dict  # bench.py's flags for the three children
     variant_name: str
     variant: dict  # bench.py's flags of its second run
+    loop: dict  # bench.py's flags for the training loop per number of environments (the training's child)
     setting: dict  # the child-training flags of train.py and baselines.py (test.py reads them from the run)
     ppo: dict  # train.py's controller flags besides --preset stable and --initial-lr 0
     grid: dict  # baselines.py's reduced grid
     test_runs: int
-    max_updates: int  # the most PPO updates the training is given, however much time is left
+    max_total_steps: int  # the most controller steps the training is given, however much time is left
     startup_s: float  # train.py's time before its first update: imports, data, device, first episode start
 
 
@@ -61,12 +63,13 @@ FULL = Plan(
     bench={"children": "mlp,cnn,resnet", "steps": 100, "num_envs": 8},
     variant_name="bench resnet compile bf16",
     variant={"children": "resnet", "steps": 100, "num_envs": 8, "compile": 1, "precision": "bf16"},
+    loop={"children": "cnn", "steps": 10, "num_envs": 8, "loop_envs": "8,16,32,64", "loop_rollout": 10},
     setting={"dataset": "fa-mnist", "architecture": "cnn", "batch_size": 1000, "update_freq": 10,
              "num_train_steps": 1000},
     ppo={"num_envs": 8, "ppo2_update_freq": 100, "ppo2_nminibatches": 4},
     grid={"initial_lrs": [1e-2, 1e-3, 1e-4], "discount_steps": [100], "discount_factors": [0.9]},
     test_runs=3,
-    max_updates=50000 // 800,  # a whole default run: train.py's --ppo2-total-timesteps over 8 x 100 steps
+    max_total_steps=50000,  # a whole default run: train.py's --ppo2-total-timesteps
     startup_s=30,
 )
 TINY = {"batch_size": 16, "train_size": 200, "val_size": 50}
@@ -75,11 +78,12 @@ SMOKE = Plan(
     bench={"children": "mlp", "steps": 10, "num_envs": 2, **TINY},
     variant_name="bench mlp bf16",
     variant={"children": "mlp", "steps": 10, "num_envs": 2, "precision": "bf16", **TINY},
+    loop={"children": "mlp", "steps": 10, "num_envs": 2, "loop_envs": "2,4", "loop_rollout": 2, **TINY},
     setting={"dataset": "fa-mnist", "architecture": "mlp", "update_freq": 10, "num_train_steps": 20, **TINY},
     ppo={"num_envs": 2, "ppo2_update_freq": 2, "ppo2_nminibatches": 2},  # one 2-step episode per update
     grid={"initial_lrs": [1e-2, 1e-3, 1e-4], "discount_steps": [10], "discount_factors": [0.9]},
     test_runs=2,
-    max_updates=2,
+    max_total_steps=16,  # 2 updates of 4 environments' 2 steps
     startup_s=5,
 )
 
@@ -110,16 +114,17 @@ class Check:
 
     def steps(self):
         """The steps in order, with their shares of the budget (the bench variant's leaves room for
-        torch.compile's first compilation); the training takes what the others leave, the test what is
-        left at the end."""
+        torch.compile's first compilation); the training, with the number of environments the loop
+        timing found fastest, takes what the others leave, the test what is left at the end."""
         return [Step("gpu tests", 0.07, self.gpu_tests, pytest_figures),
-                Step("bench", 0.14, lambda cap: self.bench(self.plan.bench, "bench.json"),
+                Step("bench", 0.16, lambda cap: self.bench(self.plan.bench, "bench.json"),
                      lambda log: self.bench_figures("bench.json")),
-                Step(self.plan.variant_name, 0.2, lambda cap: self.bench(self.plan.variant, "bench-variant.json"),
+                Step(self.plan.variant_name, 0.15, lambda cap: self.bench(self.plan.variant, "bench-variant.json"),
                      lambda log: self.bench_figures("bench-variant.json")),
-                Step("train", 0.26, self.train, self.train_figures, greedy=True),
+                Step("bench loop", 0.1, lambda cap: self.bench(self.plan.loop, "bench-loop.json"), self.loop_figures),
+                Step("train", 0.2, self.train, self.train_figures, greedy=True),
                 Step("baselines", 0.09, self.baselines, self.baseline_figures),
-                Step("test", 0.24, self.test, self.test_figures, greedy=True)]
+                Step("test", 0.23, self.test, self.test_figures, greedy=True)]
 
     def gpu_tests(self, cap):
         if not torch.cuda.is_available():
@@ -139,22 +144,45 @@ class Check:
             f"{child} ms/step": child_figures["ms_per_child_step"]["vec_env"]
             for child, child_figures in figures["children"].items()}
 
-    def train(self, cap):
-        self.planned_updates = self.updates_that_fit(cap)
-        timesteps = self.planned_updates * self.plan.ppo["num_envs"] * self.plan.ppo["ppo2_update_freq"]
-        return flags.command_line("train", {**self.setting, "preset": "stable", "initial_lr": 0, **self.plan.ppo,
-                                            "ppo2_total_timesteps": timesteps})
+    def loop_figures(self, log):
+        """The training loop's controller steps per second at each number of environments, and the fastest."""
+        path = self.out / "bench-loop.json"
+        if not path.exists():
+            return {}
+        rates = {int(n): rate for n, rate in load_json(path).get("training_loop_steps_per_second", {})
+                 .get(self.plan.loop["children"], {}).items() if rate is not None}
+        return {f"{n} envs steps/s": rate for n, rate in rates.items()} | (
+            {"fastest": max(rates, key=rates.get)} if rates else {})
 
-    def updates_that_fit(self, cap):
-        """As many PPO updates as fit in ``cap`` at the speed bench.py measured for this child; without
-        that figure, plan.max_updates (the cap's SIGINT stops the training, its checkpoint kept)."""
-        bench = self.bench_figures("bench.json")
-        ms = bench.get(f"{self.plan.setting['architecture']} ms/step")
-        if ms is None:
-            return self.plan.max_updates
-        child_steps = self.plan.ppo["num_envs"] * self.plan.ppo["ppo2_update_freq"] * self.plan.setting["update_freq"]
-        seconds = child_steps * ms / 1000 * SPEED_MARGIN
-        return max(1, min(self.plan.max_updates, int((cap - self.plan.startup_s) / seconds)))
+    def train(self, cap):
+        num_envs, rate = self.fastest_envs()
+        self.planned_updates = self.updates_that_fit(cap, num_envs, rate)
+        timesteps = self.planned_updates * num_envs * self.plan.ppo["ppo2_update_freq"]
+        return flags.command_line("train", {**self.setting, "preset": "stable", "initial_lr": 0, **self.plan.ppo,
+                                            "num_envs": num_envs, "ppo2_total_timesteps": timesteps})
+
+    def fastest_envs(self):
+        """The number of environments whose training loop the loop timing found fastest, and its
+        controller steps per second; without the timing, the plan's number and no rate."""
+        figures = self.loop_figures(None)
+        if "fastest" not in figures:
+            return self.plan.ppo["num_envs"], None
+        return figures["fastest"], figures[f"{figures['fastest']} envs steps/s"]
+
+    def updates_that_fit(self, cap, num_envs, rate):
+        """As many PPO updates as fit in ``cap`` at the controller steps per second the loop timing
+        measured (or, without it, at bench.py's speed for this child); without either,
+        plan.max_updates (the cap's SIGINT stops the training, its checkpoint kept)."""
+        steps_per_update = num_envs * self.plan.ppo["ppo2_update_freq"]
+        if rate is not None:
+            seconds = steps_per_update / rate * SPEED_MARGIN
+        else:
+            ms = self.bench_figures("bench.json").get(f"{self.plan.setting['architecture']} ms/step")
+            if ms is None:
+                return self.plan.max_updates
+            seconds = steps_per_update * self.plan.setting["update_freq"] * ms / 1000 * SPEED_MARGIN
+        max_updates = self.plan.max_total_steps // steps_per_update
+        return max(1, min(max_updates, int((cap - self.plan.startup_s) / seconds)))
 
     def run_dir(self):
         """The training run's folder (the only experiment under runs/), or None before train.py made it."""

@@ -33,13 +33,18 @@ def test_smoke_runs_every_step_and_keeps_its_figures(mnist_dir, tmp_path, capsys
     steps = {step["step"]: step for step in summary["steps"]}
     assert {name: step["status"] for name, step in steps.items()} == {
         "gpu tests": "ok" if torch.cuda.is_available() else "skipped", "bench": "ok", "bench mlp bf16": "ok",
-        "train": "ok", "baselines": "ok", "test": "ok"}
+        "bench loop": "ok", "train": "ok", "baselines": "ok", "test": "ok"}
 
     assert set(json.loads((out / "bench.json").read_text())["children"]) == {"mlp"}
     assert steps["bench"]["figures"]["mlp ms/step"] > 0
     assert json.loads((out / "bench-variant.json").read_text())["args"]["precision"] == "bf16"
-    updates = (next(out.glob("runs/*/updates.jsonl"))).read_text().splitlines()
-    assert len(updates) == steps["train"]["figures"]["PPO updates"] == gpu_check.SMOKE.max_updates
+    loop = steps["bench loop"]["figures"]
+    assert loop["fastest"] == max((2, 4), key=lambda n: loop[f"{n} envs steps/s"])
+    run = next(out.glob("runs/*_*/"))
+    assert json.loads((run / "args.json").read_text())["num_envs"] == loop["fastest"]  # trains with the fastest
+    updates = (run / "updates.jsonl").read_text().splitlines()
+    assert len(updates) == steps["train"]["figures"]["PPO updates"] == gpu_check.SMOKE.max_total_steps // (
+        loop["fastest"] * gpu_check.SMOKE.ppo["ppo2_update_freq"])
     results = json.loads(next(out.glob("runs/*/test/*/results.json")).read_text())
     assert results["checkpoint"] == "latest" and len(results["seeds"]) == gpu_check.SMOKE.test_runs
     for lr in ("0.01", "0.001", "0.0001"):  # --initial-lr 0: tested from each rate
