@@ -39,10 +39,10 @@ new_run_flags() {
 compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
   local out=$RUNS/compare/$1
   mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
-  # shellcheck disable=SC2046
-  local tasks=$(python experiments/family_held_out.py --flags)
+  local tasks; tasks=$(python experiments/family_held_out.py --flags)
   if [[ $1 == baselines ]]; then
     compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
+    compare "$out" $tasks --methods schedulefree --lrs 2.5e-3   # its default rate
     compare "$out" $tasks --methods prodigy
   else
     local id; id=$(run_id "$1")
