@@ -177,7 +177,7 @@ class Controller:
     def next_lr(self, obs, lr, step):
         """The next controlled rate (an anchored controller's before its base schedule) from ``lr``."""
         normalized = torch.as_tensor(self.normalizer.observation(np.asarray(obs)[None]))
-        action, _, _ = self.agent.act(normalized, deterministic=self.deterministic)
+        action = self.agent.action(normalized, deterministic=self.deterministic)
         lr = apply_action(np.array([lr]), action.numpy(), self.agent.discrete, self.action_range, self.action_param)
         return float(bound_to_anchor(lr, self.initial_lr, self.anchor, self.anchor_range)[0])
 

@@ -54,16 +54,25 @@ class ActorCritic(nn.Module):
             return dist.log_prob(action.long()), dist.entropy()
         return dist.log_prob(action).sum(-1), dist.entropy().sum(-1)
 
+    def choose(self, dist, deterministic):
+        """The distribution's mode, or a sample from it (torch's global RNG); continuous actions unclipped."""
+        if deterministic:
+            return dist.probs.argmax(-1) if self.discrete else dist.mean
+        return dist.sample()
+
     @torch.no_grad()
     def act(self, obs, deterministic=False):
-        """Action, its log-probability and the state value; the continuous action is unclipped."""
+        """Action, its log-probability and the state value (what a rollout stores)."""
         dist = self.distribution(obs)
-        if deterministic:
-            action = dist.probs.argmax(-1) if self.discrete else dist.mean
-        else:
-            action = dist.sample()
+        action = self.choose(dist, deterministic)
         log_prob, _ = self.log_prob_entropy(dist, action)
         return action, log_prob, self.value(obs)
+
+    @torch.no_grad()
+    def action(self, obs, deterministic=False):
+        """The action alone, as ``act`` chooses it (the same sample for the same RNG state): what a trained
+        controller needs, without the critic's forward pass."""
+        return self.choose(self.distribution(obs), deterministic)
 
 
 def local_moments(mean, var, count):

@@ -45,8 +45,7 @@ OUT_OF_RANGE_ACTIONS = 5  # actions in a row with a feature beyond the normalize
 DEFAULT_VAL_SIZE = 256  # validation samples watched (docs/performance.md: the overhead against the final loss)
 SUBSET_SEED = 0  # which val_size samples are watched: a fixed random subset, the same in every run
 STATE_KEYS = ("last_epoch", "_step_count", "base_lrs", "_last_lr", "episode_start", "lr", "initial_lr", "block_lr",
-              "group_lr", "loss_sum", "loss_count", "loss_given", "prev_logits", "val_loss", "first_val_loss",
-              "checked")  # with out_of_range and warned: what state_dict() saves
+              "group_lr", "block_losses", "prev_logits", "val_loss", "first_val_loss", "checked")  # with out_of_range and warned: what state_dict() saves
 
 
 def warn(message):
@@ -242,7 +241,7 @@ class ALRSScheduler(LRScheduler):
         self.lr = self.initial_lr = float(clip_lr(self.base_lrs[0], self.max_lr))  # the controlled rate
         self.block_lr = self.lr  # the rate of the last block (the start rate at first)
         self.episode_controller = self.controller.starting_at(self.initial_lr)
-        self.loss_sum, self.loss_count, self.loss_given = None, None, 0
+        self.block_losses = []  # the losses step() got since the last action
         self.prev_logits, self.val_loss, self.first_val_loss = None, math.nan, math.nan
         self.episode_start = episode_start
 
@@ -252,32 +251,27 @@ class ALRSScheduler(LRScheduler):
         self._act(train_loss=None)
 
     def _add_loss(self, metrics):
-        """Add a step's loss to the block's sums, on its device without a host sync (its finiteness is
-        counted, and read at the block's end)."""
+        """Keep a step's loss for the block's mean, where it is (no host sync per step)."""
         loss = torch.as_tensor(metrics).detach()
         if loss.numel() != 1:
             raise ValueError(f"step(metrics): one loss per step (the batch's mean), got a tensor of shape "
                              f"{tuple(loss.shape)}; pass loss.mean()")
-        loss = loss.reshape(()).float()
-        finite = torch.isfinite(loss)
-        value = torch.where(finite, loss, torch.zeros_like(loss))
-        self.loss_sum = value if self.loss_sum is None else self.loss_sum + value
-        self.loss_count = finite.float() if self.loss_count is None else self.loss_count + finite.float()
-        self.loss_given += 1
+        self.block_losses.append(loss.reshape(()))
 
     def _block_loss(self):
         """The mean finite training loss of the block (None when it had none), warning once about
-        non-finite ones; the block's sums restart."""
-        if self.loss_sum is None:
+        non-finite ones; the block's losses restart."""
+        if not self.block_losses:
             return None
-        given, finite = self.loss_given, int(self.loss_count.item())
-        loss = self.loss_sum / self.loss_count if finite else None
-        if finite < given and "nonfinite" not in self.warned:
+        losses = torch.stack(self.block_losses).float()
+        finite = torch.isfinite(losses)
+        count = int(finite.sum())
+        if count < len(losses) and "nonfinite" not in self.warned:
             self.warned.add("nonfinite")
-            warn(f"step(metrics): {given - finite} of the last {given} losses were not finite; they are left out "
-                 "of the controller's training-loss feature (the rate is not changed for them)")
-        self.loss_sum, self.loss_count, self.loss_given = None, None, 0
-        return loss
+            warn(f"step(metrics): {len(losses) - count} of the last {len(losses)} losses were not finite; they are "
+                 "left out of the controller's training-loss feature (the rate is not changed for them)")
+        self.block_losses = []
+        return losses[finite].mean() if count else None
 
     def _progress(self, step):
         """The fraction of the controller's episode done at training step ``step`` (0 without total_steps)."""
