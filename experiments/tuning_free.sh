@@ -5,6 +5,7 @@
 #
 #   bash experiments/tuning_free.sh train H I        # train arms (in parallel, JOBS at a time; resumes)
 #   bash experiments/tuning_free.sh compare baselines H   # compare.py on the held-out family instances
+#   bash experiments/tuning_free.sh report                # every job's runs: compare.py's report and the bar
 #
 # Every arm: 6 environments, each drawing a new family task every episode (random classifier or the
 # MLP, Adam/AdamW/SGD/schedule-free AdamW as the arm says, batch 16-512, 300-3000 steps, 10-100% of
@@ -60,9 +61,22 @@ compare() {  # compare.py: compare OUT FLAGS...
   python compare.py --data-dir "${DATA_DIR:-data}" --device "${DEVICE:-cpu}" --seeds "${SEEDS:-3}" --out "$out" "$@"
 }
 
+report() {  # every job's runs in one runs.jsonl, compare.py's report of them, and the bar's table
+  local all=$RUNS/compare/all tasks
+  mkdir -p "$all"
+  cat "$RUNS"/compare/*/runs.jsonl | grep -v '^$' | sort -u > "$all/runs.jsonl.new"
+  mv "$all/runs.jsonl.new" "$all/runs.jsonl"
+  tasks=$(python experiments/family_held_out.py --flags)
+  # shellcheck disable=SC2086
+  compare "$all" $tasks --methods constant --lrs 1e-3 > /dev/null
+  python experiments/tuning_free_table.py "$all/runs.jsonl" > "$all/bar.md"
+  cat "$all/bar.md"
+}
+
 command=${1:-}; shift || true
 case $command in
   train) in_parallel train_arm "$@" ;;
   compare) in_parallel compare_job "$@" ;;
-  *) echo "usage: $0 train [arm ...] | compare [baselines] [arm ...]   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
+  report) report ;;
+  *) echo "usage: $0 train [arm ...] | compare [baselines] [arm ...] | report   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
 esac

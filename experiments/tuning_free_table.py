@@ -1,0 +1,106 @@
+"""The tuning-free study's bar, from compare.py's runs.jsonl: for each controller and each start rate,
+nothing tuned, on the held-out tasks:
+
+1. it never fails (diverges or ends at chance) on a seed where a constant rate from that start does not;
+2. the geometric mean over the tasks of its final validation loss over the best-of-grid cosine's
+   (the best of cosine from 1e-2, 1e-3 and 1e-4 on that task) is at most 1.00;
+3. on the geometric mean over the tasks it beats (ratio < 1) cosine, constant, ReduceLROnPlateau and
+   OneCycle from the same start, Prodigy, and schedule-free AdamW at its default rate (2.5e-3);
+4. it beats its pooled replay (from the same start) by more than 2 SE on at least half the tasks.
+Stretch: within 2% of the best-of-grid schedule-free AdamW on the geometric mean.
+
+    python experiments/tuning_free_table.py runs/tuning-free/compare/all/runs.jsonl > bar.md
+"""
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from compare_report import START_LRS, failed, lr_text, paired_difference  # noqa: E402
+from utils import read_jsonl  # noqa: E402
+
+SCHEDULEFREE_DEFAULT = "schedulefree@2.5e-3"
+RIVALS = ("cosine", "constant", "plateau", "onecycle")  # from the same start as the controller
+
+
+def by_task(records):
+    """{task: {method: {seed: record}}} of the finished runs."""
+    runs = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        runs[record["task"]][record["method"]][record["seed"]] = record
+    return runs
+
+
+def mean_loss(runs):
+    """The mean final validation loss of a method's runs ({seed: record}); inf when one failed to finish
+    (a diverged run has no loss: the method lost that task)."""
+    losses = [math.inf if r["final_val_loss"] is None else r["final_val_loss"] for r in runs.values()]
+    return float(np.mean(losses)) if losses else None
+
+
+def geometric_mean_ratio(tasks, numerator, denominator):
+    """The geometric mean over ``tasks`` of numerator(task) / denominator(task); None when any is missing."""
+    ratios = [numerator(t) / denominator(t) for t in tasks if numerator(t) is not None and denominator(t)]
+    return float(np.exp(np.mean(np.log(ratios)))) if len(ratios) == len(tasks) and ratios else None
+
+
+def best_of(task_runs, kind):
+    """The lowest mean final loss among a kind's rows from every start (its best of grid), or None."""
+    means = [mean_loss(runs) for name, runs in task_runs.items() if name.split("@")[0] == kind]
+    return min((m for m in means if m is not None), default=None)
+
+
+def controllers(runs):
+    """The labels of the controllers with alrs rows."""
+    return sorted({name.split(":")[1].split("@")[0] for task in runs.values() for name in task
+                   if name.startswith("alrs:")})
+
+
+def bar(runs, label, start):
+    """The bar's figures for one controller from one start: failures, ratios and pooled-replay wins."""
+    tasks = sorted(runs)
+    own = f"alrs:{label}@{start}"
+    loss = lambda name: lambda task: mean_loss(runs[task].get(name, {})) if runs[task].get(name) else None
+    constant = lambda task, seed: runs[task].get(f"constant@{start}", {}).get(seed)
+    failures_beyond_constant = sum(failed(record) and (constant(task, seed) is None or not failed(constant(task, seed)))
+                                   for task in tasks for seed, record in runs[task].get(own, {}).items())
+    figures = {"failures where constant has none": failures_beyond_constant,
+               "/ best-of-grid cosine": geometric_mean_ratio(tasks, loss(own), lambda t: best_of(runs[t], "cosine"))}
+    for rival in (*(f"{kind}@{start}" for kind in RIVALS), "prodigy", SCHEDULEFREE_DEFAULT):
+        figures[f"/ {rival}"] = geometric_mean_ratio(tasks, loss(own), loss(rival))
+    wins = 0
+    for task in tasks:
+        mine, pooled = runs[task].get(own, {}), runs[task].get(f"pooled_replay:{label}@{start}", {})
+        diff = paired_difference(*({s: r["final_val_loss"] if r["final_val_loss"] is not None else math.nan
+                                    for s, r in side.items()} for side in (mine, pooled)))
+        wins += diff is not None and diff["mean"] < -2 * diff["sem"]
+    figures["beats pooled replay (tasks)"] = f"{wins} of {len(tasks)}"
+    figures["/ best-of-grid schedule-free"] = geometric_mean_ratio(tasks, loss(own),
+                                                                   lambda t: best_of(runs[t], "schedulefree"))
+    figures["passes"] = (failures_beyond_constant == 0 and (figures["/ best-of-grid cosine"] or math.inf) <= 1.0
+                         and all((figures[f"/ {r}"] or math.inf) < 1 for r in
+                                 (*(f"{kind}@{start}" for kind in RIVALS), "prodigy", SCHEDULEFREE_DEFAULT))
+                         and 2 * wins >= len(tasks))
+    return figures
+
+
+def table(runs):
+    """One markdown table per controller: a row per start rate, a column per figure of the bar."""
+    lines = []
+    for label in controllers(runs):
+        rows = {lr_text(start): bar(runs, label, lr_text(start)) for start in START_LRS}
+        columns = list(next(iter(rows.values())))
+        lines += [f"## {label} on {len(runs)} tasks", "", "| from | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for start, figures in rows.items():
+            cells = [f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v) for v in figures.values()]
+            lines.append(f"| {start} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(by_task(read_jsonl(sys.argv[1]))))

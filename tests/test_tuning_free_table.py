@@ -1,0 +1,37 @@
+"""experiments/tuning_free_table.py: the tuning-free bar on hand-made runs."""
+import importlib.util
+
+import pytest
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("tuning_free_table", ROOT / "experiments" / "tuning_free_table.py")
+table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(table)
+
+
+def record(task, method, seed, loss, classes=10):
+    return {"task": task, "method": method, "seed": seed, "final_val_loss": loss, "diverged": loss is None,
+            "num_classes": classes}
+
+
+def test_the_bar_from_each_start_on_hand_made_runs():
+    rows = {"cosine@1e-2": 1.0, "cosine@1e-3": 0.8, "cosine@1e-4": 1.2, "constant@1e-3": 1.0, "plateau@1e-3": 0.9,
+            "onecycle@1e-3": 0.95, "prodigy": 0.85, "schedulefree@2.5e-3": 0.82, "schedulefree@1e-3": 0.7}
+    records = []
+    for task, scale in (("a", 1.0), ("b", 2.0)):
+        for seed in (0, 1, 2):
+            records += [record(task, name, seed, scale * loss) for name, loss in rows.items()]
+            records.append(record(task, "alrs:c@1e-3", seed, scale * (0.78 + 0.01 * seed)))
+            records.append(record(task, "pooled_replay:c@1e-3", seed, scale * (0.80 + 0.01 * seed + 0.001 * (task == "b"))))
+    figures = table.bar(table.by_task(records), "c", "1e-3")
+    assert figures["/ best-of-grid cosine"] == pytest.approx(0.79 / 0.8)  # the same ratio on both tasks
+    assert figures["/ schedulefree@2.5e-3"] == pytest.approx(0.79 / 0.82)
+    assert figures["/ best-of-grid schedule-free"] == pytest.approx(0.79 / 0.7)
+    assert figures["beats pooled replay (tasks)"] == "2 of 2" and figures["failures where constant has none"] == 0
+    assert figures["passes"] is True
+    diverged = records + [record("a", "alrs:c@1e-3", 3, None), record("a", "constant@1e-3", 3, 1.0)]
+    worse = table.bar(table.by_task(diverged), "c", "1e-3")
+    assert worse["failures where constant has none"] == 1 and worse["passes"] is False
+    assert worse["/ best-of-grid cosine"] == float("inf")  # a diverged seed loses its task
+    assert "## c on 2 tasks" in table.table(table.by_task(records))
