@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from alrs import ALRSScheduler  # noqa: E402
@@ -28,32 +27,23 @@ from alrs.validation import predict  # noqa: E402
 from children import to_float  # noqa: E402
 from compare import batches  # noqa: E402
 from data import load_splits  # noqa: E402
+from models import build_model  # noqa: E402
 from stats import summarize  # noqa: E402
 
 CONTROLLER = "generalist_mlp_progress"
 VAL_IMAGES = 2000
 
 
-def cnn():
-    """A small CNN of the kind users write: two conv blocks with batch norm, dropout, a linear head."""
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Dropout(0.25), nn.Linear(32 * 7 * 7, 10))
+# A small CNN of the kind users write (two conv blocks of 16 and 32 channels with batch norm, max-pool,
+# dropout 0.25, a linear head), and the 784-256-128-10 MLP: built by models.py from their names.
+MODELS = {"cnn": "rc-c16k3-c32k3-relu-bn-p0.25", "mlp": "mlp"}
 
 
-def mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                         nn.Linear(128, 10))
-
-
-MODELS = {"cnn": cnn, "mlp": mlp}
-
-
-def run(make_model, splits, seed, steps, val_size):
+def run(architecture, splits, seed, steps, val_size):
     """One training run; val_size "none" trains without a scheduler. Its final val loss, the loop's
     CPU seconds and the CPU seconds spent in the scheduler."""
     torch.manual_seed(seed)
-    model = make_model()
+    model = build_model(architecture, 1, (28, 28))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     val = (to_float(splits.val_x), splits.val_y)
     started = time.process_time()
