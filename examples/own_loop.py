@@ -36,8 +36,9 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
     parser.add_argument("--steps", type=int, default=1000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--val-size", type=int, default=2000,
-                        help="validation images: the scheduler runs a pass over them every 10 steps")
+    parser.add_argument("--val-size", type=int, default=2000, help="validation images (the final loss is over all)")
+    parser.add_argument("--watch", type=int, default=256,
+                        help="of them, how many the scheduler's pass every 10 steps runs over (its val_size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100, help="steps between printed lines")
     parser.add_argument("--constant", action="store_true", help="no scheduler: keep --lr (for comparison)")
@@ -56,7 +57,8 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = None
     if not args.constant:
-        options = {"total_steps": args.steps}  # used by controllers that observe the fraction of the run done
+        options = {"total_steps": args.steps,  # used by controllers that observe the fraction of the run done
+                   "val_size": args.watch}
         scheduler = (ALRSScheduler(optimizer, model, args.controller, val_data, **options)
                      if args.controller.endswith(".pt")
                      else ALRSScheduler.from_pretrained(args.controller, optimizer, model, val_data, **options))
