@@ -437,17 +437,16 @@ class FamilyVecEnv:
 
     def step(self, actions):
         actions = np.asarray(actions)
-        obs, rewards, terminated, truncated, infos = [], [], [], [], []
+        results = []
         for i, env in enumerate(self.envs):
-            o, r, term, trunc, info = env.step(actions[i:i + 1])
-            info = self._named(i, info[0])
-            if term[0] or trunc[0]:
-                info["final_observation"] = o[0]
-                o, _ = self._start(i)
-                o = o[None]
-            obs.append(o[0]), rewards.append(r[0]), terminated.append(term[0]), truncated.append(trunc[0])
-            infos.append(info)
-        return np.stack(obs), np.array(rewards), np.array(terminated), np.array(truncated), infos
+            obs, reward, terminated, truncated, infos = (part[0] for part in env.step(actions[i:i + 1]))
+            info = self._named(i, infos)
+            if terminated or truncated:  # same-step auto-reset: the next episode, on a newly drawn task
+                info["final_observation"] = obs
+                obs, _ = self._start(i)
+            results.append((obs, reward, terminated, truncated, info))
+        obs, rewards, terminated, truncated, infos = zip(*results)
+        return np.stack(obs), np.array(rewards), np.array(terminated), np.array(truncated), list(infos)
 
     def state_dict(self):
         return {"family_seeds": list(self.family_seeds), "draws": [d.state_dict() for d in self.draws],
