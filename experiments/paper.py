@@ -33,7 +33,7 @@ SUFFIX = "paper"  # the training run's id ends with it
 PAPER = {"dataset": "fa-mnist", "architecture": "cnn", "num_envs": 8}  # the rest: the reference's defaults
 TINY = {"dataset": "fa-mnist", "architecture": "mlp", "batch_size": 16, "train_size": 200, "val_size": 50,
         "num_train_steps": 12, "update_freq": 3, "num_envs": 2, "ppo2_update_freq": 4, "ppo2_nminibatches": 2,
-        "ppo2_total_timesteps": 96}  # 12 PPO updates of one 4-action episode per environment
+        "ppo2_total_timesteps": 192}  # 24 PPO updates of one 4-action episode per environment (a first slice of 3 s stops it)
 TINY_GRID = {"initial_lrs": [1e-2, 1e-3], "discount_steps": [3], "discount_factors": [0.5]}
 TEST_RUNS = {"paper": 10, "tiny": 2}
 PHASES = ("train", "baselines", "test", "table")
