@@ -13,7 +13,8 @@
 # the generalist study (relative-progress observations, x1.5 actions, --preset stable).
 # Environment: DATA_DIR (default data), RUNS_DIR (default runs/tuning-free), JOBS (default 2),
 # DEVICE (default cpu), TIMESTEPS (default 30000), LRS (start rates of the compare rows; default
-# 1e-2 1e-3 1e-4), SEEDS (compare.py seeds; default 3). Each process uses one thread.
+# 1e-2 1e-3 1e-4), SEEDS (compare.py seeds; default 3), EXCLUDE (held-out seeds left out of compare
+# and report, e.g. "2 12 16 18 19 21", the six costliest on a CPU). Each process uses one thread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS_DIR:-runs/tuning-free}
@@ -37,10 +38,16 @@ new_run_flags() {
     "${F[@]}" ${ARMS[$1]}
 }
 
+held_out_tasks() {  # compare.py's --task flags of the held-out family instances, less EXCLUDE's seeds
+  local excluded=${EXCLUDE:-}
+  python experiments/family_held_out.py --flags | tr ' ' '\n' | paste -d' ' - - |
+    { grep -vxE -- "--task family=(${excluded// /|})" || true; } | tr '\n' ' '
+}
+
 compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
   local out=$RUNS/compare/$1
   mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
-  local tasks; tasks=$(python experiments/family_held_out.py --flags)
+  local tasks; tasks=$(held_out_tasks)
   if [[ $1 == baselines ]]; then
     compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
     compare "$out" $tasks --methods schedulefree --lrs 2.5e-3   # its default rate
@@ -66,7 +73,7 @@ report() {  # every job's runs in one runs.jsonl, compare.py's report of them, a
   mkdir -p "$all"
   cat "$RUNS"/compare/*/runs.jsonl | grep -v '^$' | sort -u > "$all/runs.jsonl.new"
   mv "$all/runs.jsonl.new" "$all/runs.jsonl"
-  tasks=$(python experiments/family_held_out.py --flags)
+  tasks=$(held_out_tasks)
   # shellcheck disable=SC2086
   compare "$all" $tasks --methods constant --lrs 1e-3 > /dev/null
   python experiments/tuning_free_table.py "$all/runs.jsonl" > "$all/bar.md"
