@@ -8,6 +8,8 @@ nothing tuned, on the held-out tasks:
    OneCycle from the same start, Prodigy, and schedule-free AdamW at its default rate (2.5e-3);
 4. it beats its pooled replay (from the same start) by more than 2 SE on at least half the tasks.
 Stretch: within 2% of the best-of-grid schedule-free AdamW on the geometric mean.
+Then, per task, the controller and cosine from each start and the best-of-grid schedule-free AdamW,
+each over the best-of-grid cosine: how much the start rate matters to each.
 
     python experiments/tuning_free_table.py runs/tuning-free/compare/all/runs.jsonl > bar.md
 """
@@ -87,8 +89,29 @@ def bar(runs, label, start):
     return figures
 
 
+def ratio_text(loss, reference):
+    """loss / reference as a table cell: "1.023", "inf" for a failed method, "–" when either is missing."""
+    return "–" if loss is None or not reference else f"{loss / reference:.3f}"
+
+
+def per_task(runs, label):
+    """A markdown table: per task, the controller and cosine from each start, and the best-of-grid
+    schedule-free AdamW, over the best-of-grid cosine (whose loss the last column gives)."""
+    starts = [lr_text(start) for start in START_LRS]
+    lines = [f"| task | {label} from " + " / ".join(starts) + " | cosine from " + " / ".join(starts)
+             + " | best schedule-free | best cosine (loss) |", "|---|---|---|---|---|"]
+    for task in sorted(runs):
+        reference = best_of(runs[task], "cosine")
+        cells = [" / ".join(ratio_text(mean_loss(runs[task].get(f"{kind}@{start}", {})) if runs[task].get(
+            f"{kind}@{start}") else None, reference) for start in starts) for kind in (f"alrs:{label}", "cosine")]
+        cells.append(ratio_text(best_of(runs[task], "schedulefree"), reference))
+        cells.append("–" if reference is None else f"{reference:.3f}")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(runs):
-    """One markdown table per controller: a row per start rate, a column per figure of the bar."""
+    """Per controller: the bar (a row per start rate, a column per figure) and the per-task table."""
     lines = []
     for label in controllers(runs):
         rows = {lr_text(start): bar(runs, label, lr_text(start)) for start in START_LRS}
@@ -98,7 +121,7 @@ def table(runs):
         for start, figures in rows.items():
             cells = [f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v) for v in figures.values()]
             lines.append(f"| {start} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *per_task(runs, label), ""]
     return "\n".join(lines)
 
 

@@ -35,3 +35,13 @@ def test_the_bar_from_each_start_on_hand_made_runs():
     assert worse["failures where constant has none"] == 1 and worse["passes"] is False
     assert worse["/ best-of-grid cosine"] == float("inf")  # a diverged seed loses its task
     assert "## c on 2 tasks" in table.table(table.by_task(records))
+
+
+def test_per_task_table_gives_each_start_over_the_best_cosine():
+    records = [record("a", name, seed, loss) for seed in (0, 1) for name, loss in
+               (("cosine@1e-2", 1.0), ("cosine@1e-3", 0.8), ("cosine@1e-4", 1.6), ("schedulefree@1e-3", 0.72),
+                ("alrs:c@1e-2", 0.84), ("alrs:c@1e-3", 0.8))]
+    records.append(record("a", "alrs:c@1e-4", 0, None))  # a diverged seed: the start lost the task
+    header, _, row = table.per_task(table.by_task(records), "c")
+    assert "c from 1e-2 / 1e-3 / 1e-4" in header
+    assert row == "| a | 1.050 / 1.000 / inf | 1.250 / 1.000 / 2.000 | 0.900 | 0.800 |"
