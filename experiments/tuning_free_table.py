@@ -9,7 +9,8 @@ nothing tuned, on the held-out tasks:
 4. it beats its pooled replay (from the same start) by more than 2 SE on at least half the tasks.
 Stretch: within 2% of the best-of-grid schedule-free AdamW on the geometric mean.
 Then, per task, the controller and cosine from each start and the best-of-grid schedule-free AdamW,
-each over the best-of-grid cosine: how much the start rate matters to each.
+each over the best-of-grid cosine: how much the start rate matters to each; and the bar's ratios by
+the child's optimizer (Prodigy and schedule-free AdamW replace it, an SGD child's most of all).
 
     python experiments/tuning_free_table.py runs/tuning-free/compare/all/runs.jsonl > bar.md
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from compare_report import START_LRS, failed, lr_text, paired_difference  # noqa: E402
+from compare_report import BAR_START, START_LRS, failed, lr_text, paired_difference  # noqa: E402
 from utils import read_jsonl  # noqa: E402
 
 SCHEDULEFREE_DEFAULT = "schedulefree@2.5e-3"
@@ -110,6 +111,30 @@ def per_task(runs, label):
     return lines
 
 
+def child_optimizer(task):
+    """The optimizer a task's name says its child trains with (tasks.Task.name appends it; Adam: nothing)."""
+    return next((name for name in ("adamw", "sgd", "schedulefree") if name in task.split("_")), "adam")
+
+
+def by_optimizer(runs, label):
+    """A markdown table: per child optimizer, the controller over the best-of-grid cosine from each
+    start, and from the bar's start over Prodigy, schedule-free AdamW at 2.5e-3 and at its best rate."""
+    starts, bar_start = [lr_text(start) for start in START_LRS], lr_text(BAR_START)
+    lines = ["| child's optimizer | tasks | / best-of-grid cosine from " + " / ".join(starts)
+             + f" | from {bar_start}: / prodigy | / {SCHEDULEFREE_DEFAULT} | / best-of-grid schedule-free |",
+             "|---|---|---|---|---|---|"]
+    cell = lambda value: "–" if value is None else f"{value:.3f}"
+    for name in ("adam", "adamw", "sgd", "schedulefree"):
+        group = {task: task_runs for task, task_runs in runs.items() if child_optimizer(task) == name}
+        if group:
+            figures = {start: bar(group, label, start) for start in starts}
+            own = figures[bar_start]
+            lines.append(f"| {name} | {len(group)} | " + " / ".join(cell(figures[s]["/ best-of-grid cosine"]) for s in starts)
+                         + " | " + " | ".join(cell(own[k]) for k in ("/ prodigy", f"/ {SCHEDULEFREE_DEFAULT}",
+                                                                    "/ best-of-grid schedule-free")) + " |")
+    return lines
+
+
 def table(runs):
     """Per controller: the bar (a row per start rate, a column per figure) and the per-task table."""
     lines = []
@@ -121,7 +146,7 @@ def table(runs):
         for start, figures in rows.items():
             cells = [f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v) for v in figures.values()]
             lines.append(f"| {start} | " + " | ".join(cells) + " |")
-        lines += ["", *per_task(runs, label), ""]
+        lines += ["", *per_task(runs, label), "", *by_optimizer(runs, label), ""]
     return "\n".join(lines)
 
 

@@ -45,3 +45,15 @@ def test_per_task_table_gives_each_start_over_the_best_cosine():
     header, _, row = table.per_task(table.by_task(records), "c")
     assert "c from 1e-2 / 1e-3 / 1e-4" in header
     assert row == "| a | 1.050 / 1.000 / inf | 1.250 / 1.000 / 2.000 | 0.900 | 0.800 |"
+
+
+def test_by_optimizer_groups_tasks_by_the_child_optimizer_in_their_names():
+    records = []
+    for task, loss in (("mnist_mlp_b32", 0.9), ("mnist_mlp_b32_sgd_b1-0", 0.5), ("mnist_mlp_b16_sgd", 0.5)):
+        records += [record(task, name, 0, loss * scale) for name, scale in
+                    (("cosine@1e-2", 1.0), ("cosine@1e-3", 1.2), ("alrs:c@1e-2", 0.9), ("alrs:c@1e-3", 1.0),
+                     ("alrs:c@1e-4", 1.1), ("prodigy", 0.5), ("schedulefree@2.5e-3", 2.0))]
+    header, _, adam, sgd = table.by_optimizer(table.by_task(records), "c")
+    assert "from 1e-3: / prodigy" in header
+    assert adam == "| adam | 1 | 0.900 / 1.000 / 1.100 | 2.000 | 0.500 | 0.500 |"
+    assert sgd.startswith("| sgd | 2 | 0.900 / 1.000 / 1.100 |")
