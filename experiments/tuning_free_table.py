@@ -74,13 +74,14 @@ def bar(runs, label, start):
                "/ best-of-grid cosine": geometric_mean_ratio(tasks, loss(own), lambda t: best_of(runs[t], "cosine"))}
     for rival in (*(f"{kind}@{start}" for kind in RIVALS), "prodigy", SCHEDULEFREE_DEFAULT):
         figures[f"/ {rival}"] = geometric_mean_ratio(tasks, loss(own), loss(rival))
-    wins = 0
-    for task in tasks:
-        mine, pooled = runs[task].get(own, {}), runs[task].get(f"pooled_replay:{label}@{start}", {})
+    wins, replayed = 0, [task for task in tasks if runs[task].get(f"pooled_replay:{label}@{start}")]
+    for task in replayed:
+        mine, pooled = runs[task].get(own, {}), runs[task][f"pooled_replay:{label}@{start}"]
         diff = paired_difference(*({s: r["final_val_loss"] if r["final_val_loss"] is not None else math.nan
                                     for s, r in side.items()} for side in (mine, pooled)))
         wins += diff is not None and diff["mean"] < -2 * diff["sem"]
-    figures["beats pooled replay (tasks)"] = f"{wins} of {len(tasks)}"
+    # tasks without the pooled replay's runs count as not beaten; "not run" when none has them
+    figures["beats pooled replay (tasks)"] = f"{wins} of {len(tasks)}" if replayed else "not run"
     figures["/ best-of-grid schedule-free"] = geometric_mean_ratio(tasks, loss(own),
                                                                    lambda t: best_of(runs[t], "schedulefree"))
     figures["passes"] = (failures_beyond_constant == 0 and (figures["/ best-of-grid cosine"] or math.inf) <= 1.0

@@ -35,6 +35,10 @@ def test_the_bar_from_each_start_on_hand_made_runs():
     assert worse["failures where constant has none"] == 1 and worse["passes"] is False
     assert worse["/ best-of-grid cosine"] == float("inf")  # a diverged seed loses its task
     assert "## c on 2 tasks" in table.table(table.by_task(records))
+    unreplayed = [r for r in records if not r["method"].startswith("pooled_replay")]
+    assert table.bar(table.by_task(unreplayed), "c", "1e-3")["beats pooled replay (tasks)"] == "not run"
+    half = [r for r in records if not (r["method"].startswith("pooled_replay") and r["task"] == "b")]
+    assert table.bar(table.by_task(half), "c", "1e-3")["beats pooled replay (tasks)"] == "1 of 2"
 
 
 def test_per_task_table_gives_each_start_over_the_best_cosine():
