@@ -27,7 +27,7 @@ declare -A ARMS=(
   [G]="--family-optimizers adam"                          # the family, Adam only
   [H]="--family-optimizers $ALL"                          # the family, every optimizer
   [I]="--family-optimizers $ALL --anchor cosine"          # H, actions correct a cosine schedule
-  [J]="--family-optimizers schedulefree --anchor cosine"  # I's action, schedule-free AdamW's rate only
+  [J]="--family-optimizers schedulefree"                  # the better of H and I (H), schedule-free AdamW's rate only
 )
 
 # shellcheck source=experiments/arms.sh
