@@ -72,8 +72,10 @@ def bar(runs, label, start):
                                    for task in tasks for seed, record in runs[task].get(own, {}).items())
     figures = {"failures where constant has none": failures_beyond_constant,
                "/ best-of-grid cosine": geometric_mean_ratio(tasks, loss(own), lambda t: best_of(runs[t], "cosine"))}
-    for rival in (*(f"{kind}@{start}" for kind in RIVALS), "prodigy", SCHEDULEFREE_DEFAULT):
-        figures[f"/ {rival}"] = geometric_mean_ratio(tasks, loss(own), loss(rival))
+    rivals = {**{f"/ {kind}, same start": f"{kind}@{start}" for kind in RIVALS},
+              "/ prodigy": "prodigy", f"/ {SCHEDULEFREE_DEFAULT}": SCHEDULEFREE_DEFAULT}
+    for column, rival in rivals.items():
+        figures[column] = geometric_mean_ratio(tasks, loss(own), loss(rival))
     wins, replayed = 0, [task for task in tasks if runs[task].get(f"pooled_replay:{label}@{start}")]
     for task in replayed:
         mine, pooled = runs[task].get(own, {}), runs[task][f"pooled_replay:{label}@{start}"]
@@ -85,8 +87,7 @@ def bar(runs, label, start):
     figures["/ best-of-grid schedule-free"] = geometric_mean_ratio(tasks, loss(own),
                                                                    lambda t: best_of(runs[t], "schedulefree"))
     figures["passes"] = (failures_beyond_constant == 0 and (figures["/ best-of-grid cosine"] or math.inf) <= 1.0
-                         and all((figures[f"/ {r}"] or math.inf) < 1 for r in
-                                 (*(f"{kind}@{start}" for kind in RIVALS), "prodigy", SCHEDULEFREE_DEFAULT))
+                         and all((figures[column] or math.inf) < 1 for column in rivals)
                          and 2 * wins >= len(tasks))
     return figures
 

@@ -27,6 +27,7 @@ def test_the_bar_from_each_start_on_hand_made_runs():
     figures = table.bar(table.by_task(records), "c", "1e-3")
     assert figures["/ best-of-grid cosine"] == pytest.approx(0.79 / 0.8)  # the same ratio on both tasks
     assert figures["/ schedulefree@2.5e-3"] == pytest.approx(0.79 / 0.82)
+    assert figures["/ plateau, same start"] == pytest.approx(0.79 / 0.9)  # plateau@1e-3, the controller's start
     assert figures["/ best-of-grid schedule-free"] == pytest.approx(0.79 / 0.7)
     assert figures["beats pooled replay (tasks)"] == "2 of 2" and figures["failures where constant has none"] == 0
     assert figures["passes"] is True
