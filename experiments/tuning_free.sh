@@ -44,10 +44,15 @@ held_out_tasks() {  # compare.py's --task flags of the held-out family instances
     { grep -vxE -- "--task family=(${excluded// /|})" || true; } | tr '\n' ' '
 }
 
+schedulefree_tasks() {  # the --task flags $1 with each child's optimizer switched to schedule-free AdamW
+  sed -E 's/(family=[0-9]+)/\1,optimizer=schedulefree/g' <<< "$1"
+}
+
 compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
   local out=$RUNS/compare/$1
   mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
   local tasks; tasks=$(held_out_tasks)
+  [[ $1 == J ]] && tasks=$(schedulefree_tasks "$tasks")
   if [[ $1 == baselines ]]; then
     compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
     compare "$out" $tasks --methods schedulefree --lrs 2.5e-3   # its default rate
@@ -56,6 +61,9 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
     local id; id=$(run_id "$1")
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
     cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/tuning-free-$1.pt"
+    # J's rivals are schedule-free AdamW's fixed rates on the same (schedule-free) children
+    # shellcheck disable=SC2086
+    [[ $1 == J ]] && compare "$out" $tasks --methods schedulefree --lrs 2.5e-3 1e-2 1e-3 1e-4
     # shellcheck disable=SC2086
     compare "$out" $tasks --controller "$RUNS/controllers/tuning-free-$1.pt" --methods replay pooled_replay \
       --lrs ${LRS:-1e-2 1e-3 1e-4}

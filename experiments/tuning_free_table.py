@@ -137,10 +137,13 @@ def by_optimizer(runs, label):
     return lines
 
 
-def table(runs):
-    """Per controller: the bar (a row per start rate, a column per figure) and the per-task table."""
+def table(all_runs):
+    """Per controller, on the tasks it ran (arm J's children are other tasks: schedule-free variants):
+    the bar (a row per start rate, a column per figure) and the per-task table."""
     lines = []
-    for label in controllers(runs):
+    for label in controllers(all_runs):
+        runs = {task: task_runs for task, task_runs in all_runs.items()
+                if any(name.startswith(f"alrs:{label}@") for name in task_runs)}
         rows = {lr_text(start): bar(runs, label, lr_text(start)) for start in START_LRS}
         columns = list(next(iter(rows.values())))
         lines += [f"## {label} on {len(runs)} tasks", "", "| from | " + " | ".join(columns) + " |",

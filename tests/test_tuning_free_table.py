@@ -36,6 +36,9 @@ def test_the_bar_from_each_start_on_hand_made_runs():
     assert worse["failures where constant has none"] == 1 and worse["passes"] is False
     assert worse["/ best-of-grid cosine"] == float("inf")  # a diverged seed loses its task
     assert "## c on 2 tasks" in table.table(table.by_task(records))
+    other = [record("c", "alrs:d@1e-3", 0, 0.5), record("c", "cosine@1e-3", 0, 0.5)]  # another controller's task
+    both = table.table(table.by_task(records + other))
+    assert "## c on 2 tasks" in both and "## d on 1 tasks" in both  # each on the tasks it ran
     unreplayed = [r for r in records if not r["method"].startswith("pooled_replay")]
     assert table.bar(table.by_task(unreplayed), "c", "1e-3")["beats pooled replay (tasks)"] == "not run"
     half = [r for r in records if not (r["method"].startswith("pooled_replay") and r["task"] == "b")]
