@@ -8,13 +8,21 @@ the quotas still unmet: at least 8 with batch norm, 8 with AdamW and weight deca
 
     python experiments/family_held_out.py           # the table
     python experiments/family_held_out.py --flags   # as compare.py --task flags
+    python experiments/family_held_out.py --flags --optimizer schedulefree
+
+With ``--optimizer NAME``, each seed drawn with NAME its only optimizer: the same child, data and
+horizon, and NAME's settings drawn as the family draws them (the ones a controller trained with
+``--family-optimizers NAME`` sees), spelled out in the flags, as ``family=SEED,optimizer=NAME`` alone
+would keep the settings of the optimizer the seed drew (an SGD child's momentum as NAME's beta1).
 """
+import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import parse_random_architecture  # noqa: E402
-from tasks import FAMILY_TRAINING_SEEDS, family_task  # noqa: E402
+from optimizers import OPTIMIZERS  # noqa: E402
+from tasks import FAMILY_TRAINING_SEEDS, OPTIMIZER_KEYS, family_task  # noqa: E402
 
 SIZE = 24
 MEMBERS = ("mlp", "cnn")
@@ -41,10 +49,22 @@ def held_out_seeds():
     raise RuntimeError("the quotas cannot be met")
 
 
+def task_flag(seed, optimizer=None):
+    """compare.py's --task flag of a held-out seed, drawn with ``optimizer`` its only one if given."""
+    if optimizer is None:
+        return f"--task family={seed}"
+    task = family_task(seed, (optimizer,), MEMBERS)
+    return f"--task family={seed}," + ",".join(f"{key}={getattr(task, key)}" for key in OPTIMIZER_KEYS)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flags", action="store_true", help="print compare.py's --task flags")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="with --flags: every seed drawn with this optimizer only")
+    args = parser.parse_args()
     seeds = held_out_seeds()
-    if "--flags" in sys.argv:
-        print(" ".join(f"--task family={seed}" for seed in seeds))
+    if args.flags:
+        print(" ".join(task_flag(seed, args.optimizer) for seed in seeds))
         return
     print("| seed | task | " + " | ".join(QUOTAS) + " |")
     print("|---|---|" + "---|" * len(QUOTAS))

@@ -29,6 +29,8 @@ declare -A ARMS=(
   [I]="--family-optimizers $ALL --anchor cosine"          # H, actions correct a cosine schedule
   [J]="--family-optimizers schedulefree"                  # the better of H and I (H), schedule-free AdamW's rate only
 )
+# arms compared on the held-out seeds drawn with one optimizer only (the one they trained with)
+declare -A CHILD_OPTIMIZER=([J]=schedulefree)
 
 # shellcheck source=experiments/arms.sh
 source experiments/arms.sh
@@ -38,21 +40,18 @@ new_run_flags() {
     "${F[@]}" ${ARMS[$1]}
 }
 
-held_out_tasks() {  # compare.py's --task flags of the held-out family instances, less EXCLUDE's seeds
+held_out_tasks() {  # compare.py's --task flags of the held-out family instances, less EXCLUDE's seeds;
+  # with $1, each drawn with that optimizer only (family_held_out.py --optimizer)
   local excluded=${EXCLUDE:-}
-  python experiments/family_held_out.py --flags | tr ' ' '\n' | paste -d' ' - - |
-    { grep -vxE -- "--task family=(${excluded// /|})" || true; } | tr '\n' ' '
-}
-
-schedulefree_tasks() {  # the --task flags $1 with each child's optimizer switched to schedule-free AdamW
-  sed -E 's/(family=[0-9]+)/\1,optimizer=schedulefree/g' <<< "$1"
+  python experiments/family_held_out.py --flags ${1:+--optimizer "$1"} | tr ' ' '\n' | paste -d' ' - - |
+    { grep -vE -- "--task family=(${excluded// /|})(,|$)" || true; } | tr '\n' ' '
 }
 
 compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
   local out=$RUNS/compare/$1
   mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
-  local tasks; tasks=$(held_out_tasks)
-  [[ $1 == J ]] && tasks=$(schedulefree_tasks "$tasks")
+  local optimizer=${CHILD_OPTIMIZER[$1]:-} tasks
+  tasks=$(held_out_tasks "$optimizer")
   if [[ $1 == baselines ]]; then
     compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
     compare "$out" $tasks --methods schedulefree --lrs 2.5e-3   # its default rate
@@ -61,9 +60,9 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
     local id; id=$(run_id "$1")
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
     cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/tuning-free-$1.pt"
-    # J's rivals are schedule-free AdamW's fixed rates on the same (schedule-free) children
+    # on an arm's own children, their optimizer at fixed rates is the rival (2.5e-3: schedule-free AdamW's default)
     # shellcheck disable=SC2086
-    [[ $1 == J ]] && compare "$out" $tasks --methods schedulefree --lrs 2.5e-3 1e-2 1e-3 1e-4
+    [[ -n $optimizer ]] && compare "$out" $tasks --methods constant --lrs 2.5e-3 1e-2 1e-3 1e-4
     # shellcheck disable=SC2086
     compare "$out" $tasks --controller "$RUNS/controllers/tuning-free-$1.pt" --methods replay pooled_replay \
       --lrs ${LRS:-1e-2 1e-3 1e-4}

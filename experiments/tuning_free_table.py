@@ -7,7 +7,8 @@ nothing tuned, on the held-out tasks:
 3. on the geometric mean over the tasks it beats (ratio < 1) cosine, constant, ReduceLROnPlateau and
    OneCycle from the same start, Prodigy, and schedule-free AdamW at its default rate (2.5e-3);
 4. it beats its pooled replay (from the same start) by more than 2 SE on at least half the tasks.
-Stretch: within 2% of the best-of-grid schedule-free AdamW on the geometric mean.
+Stretch: within 2% of the best-of-grid schedule-free AdamW on the geometric mean (on a schedule-free
+child, its constant rates are schedule-free AdamW's too: arm J's rivals on its schedule-free children).
 Then, per task, the controller and cosine from each start and the best-of-grid schedule-free AdamW,
 each over the best-of-grid cosine: how much the start rate matters to each; and the bar's ratios by
 the child's optimizer (Prodigy and schedule-free AdamW replace it, an SGD child's most of all).
@@ -56,6 +57,22 @@ def best_of(task_runs, kind):
     return min((m for m in means if m is not None), default=None)
 
 
+def best_schedulefree(task, task_runs):
+    """The best of grid of schedule-free AdamW at a fixed rate: its schedulefree@LR rows (it replaces the
+    child's optimizer, keeping the weight decay), and on a schedule-free child its constant@LR rows too
+    (the child's own optimizer and settings at a constant rate: arm J's rivals)."""
+    kinds = ("schedulefree", "constant") if child_optimizer(task) == "schedulefree" else ("schedulefree",)
+    return min((loss for kind in kinds if (loss := best_of(task_runs, kind)) is not None), default=None)
+
+
+def schedulefree_default(task, task_runs):
+    """The row of schedule-free AdamW at its default rate: SCHEDULEFREE_DEFAULT, or on a schedule-free
+    child without that row, its constant rate at 2.5e-3."""
+    if SCHEDULEFREE_DEFAULT not in task_runs and child_optimizer(task) == "schedulefree":
+        return "constant@" + SCHEDULEFREE_DEFAULT.split("@")[1]
+    return SCHEDULEFREE_DEFAULT
+
+
 def controllers(runs):
     """The labels of the controllers with alrs rows."""
     return sorted({name.split(":")[1].split("@")[0] for task in runs.values() for name in task
@@ -66,16 +83,16 @@ def bar(runs, label, start):
     """The bar's figures for one controller from one start: failures, ratios and pooled-replay wins."""
     tasks = sorted(runs)
     own = f"alrs:{label}@{start}"
-    loss = lambda name: lambda task: mean_loss(runs[task].get(name, {})) if runs[task].get(name) else None
+    loss = lambda name: lambda task: mean_loss(runs[task][name]) if runs[task].get(name) else None
     constant = lambda task, seed: runs[task].get(f"constant@{start}", {}).get(seed)
     failures_beyond_constant = sum(failed(record) and (constant(task, seed) is None or not failed(constant(task, seed)))
                                    for task in tasks for seed, record in runs[task].get(own, {}).items())
     figures = {"failures where constant has none": failures_beyond_constant,
                "/ best-of-grid cosine": geometric_mean_ratio(tasks, loss(own), lambda t: best_of(runs[t], "cosine"))}
-    rivals = {**{f"/ {kind}, same start": f"{kind}@{start}" for kind in RIVALS},
-              "/ prodigy": "prodigy", f"/ {SCHEDULEFREE_DEFAULT}": SCHEDULEFREE_DEFAULT}
+    rivals = {**{f"/ {kind}, same start": loss(f"{kind}@{start}") for kind in RIVALS}, "/ prodigy": loss("prodigy"),
+              f"/ {SCHEDULEFREE_DEFAULT}": lambda task: loss(schedulefree_default(task, runs[task]))(task)}
     for column, rival in rivals.items():
-        figures[column] = geometric_mean_ratio(tasks, loss(own), loss(rival))
+        figures[column] = geometric_mean_ratio(tasks, loss(own), rival)
     wins, replayed = 0, [task for task in tasks if runs[task].get(f"pooled_replay:{label}@{start}")]
     for task in replayed:
         mine, pooled = runs[task].get(own, {}), runs[task][f"pooled_replay:{label}@{start}"]
@@ -85,7 +102,7 @@ def bar(runs, label, start):
     # tasks without the pooled replay's runs count as not beaten; "not run" when none has them
     figures["beats pooled replay (tasks)"] = f"{wins} of {len(tasks)}" if replayed else "not run"
     figures["/ best-of-grid schedule-free"] = geometric_mean_ratio(tasks, loss(own),
-                                                                   lambda t: best_of(runs[t], "schedulefree"))
+                                                                   lambda t: best_schedulefree(t, runs[t]))
     figures["passes"] = (failures_beyond_constant == 0 and (figures["/ best-of-grid cosine"] or math.inf) <= 1.0
                          and all((figures[column] or math.inf) < 1 for column in rivals)
                          and 2 * wins >= len(tasks))
@@ -107,7 +124,7 @@ def per_task(runs, label):
         reference = best_of(runs[task], "cosine")
         cells = [" / ".join(ratio_text(mean_loss(runs[task].get(f"{kind}@{start}", {})) if runs[task].get(
             f"{kind}@{start}") else None, reference) for start in starts) for kind in (f"alrs:{label}", "cosine")]
-        cells.append(ratio_text(best_of(runs[task], "schedulefree"), reference))
+        cells.append(ratio_text(best_schedulefree(task, runs[task]), reference))
         cells.append("–" if reference is None else f"{reference:.3f}")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines

@@ -65,3 +65,19 @@ def test_by_optimizer_groups_tasks_by_the_child_optimizer_in_their_names():
     assert "from 1e-3: / prodigy" in header
     assert adam == "| adam | 1 | 0.900 / 1.000 / 1.100 | 2.000 | 0.500 | 0.500 |"
     assert sgd.startswith("| sgd | 2 | 0.900 / 1.000 / 1.100 |")
+
+
+def test_on_a_schedule_free_child_its_constant_rates_are_schedule_free_adamws():
+    child, adam = "mnist_mlp_b32_schedulefree_wd0.01", "mnist_mlp_b32"
+    records = [record(task, name, 0, loss) for task in (child, adam) for name, loss in
+               (("constant@2.5e-3", 0.6), ("constant@1e-3", 0.5), ("alrs:j@1e-3", 0.55))]
+    runs = table.by_task(records)
+    assert table.best_schedulefree(child, runs[child]) == 0.5 and table.best_schedulefree(adam, runs[adam]) is None
+    only_child = {child: runs[child]}
+    figures = table.bar(only_child, "j", "1e-3")
+    assert figures["/ best-of-grid schedule-free"] == pytest.approx(0.55 / 0.5)
+    assert figures["/ schedulefree@2.5e-3"] == pytest.approx(0.55 / 0.6)  # constant@2.5e-3 stands in for it
+    assert figures["/ best-of-grid cosine"] is None  # no cosine on this child: not a ratio to anything
+    with_default = table.by_task(records + [record(child, "schedulefree@2.5e-3", 0, 0.4)])
+    assert table.bar({child: with_default[child]}, "j", "1e-3")["/ schedulefree@2.5e-3"] == pytest.approx(0.55 / 0.4)
+    assert table.best_schedulefree(child, with_default[child]) == 0.4
