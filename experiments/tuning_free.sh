@@ -81,6 +81,9 @@ report() {  # every job's runs in one runs.jsonl, compare.py's report of them, a
   cat "$RUNS"/compare/*/runs.jsonl | grep -v '^$' | sort -u > "$all/runs.jsonl.new"
   mv "$all/runs.jsonl.new" "$all/runs.jsonl"
   tasks=$(held_out_tasks)
+  for arm in "${!CHILD_OPTIMIZER[@]}"; do  # an arm's own children, once it was compared on them
+    [[ -d $RUNS/compare/$arm ]] && tasks+=" $(held_out_tasks "${CHILD_OPTIMIZER[$arm]}")"
+  done
   # shellcheck disable=SC2086
   compare "$all" $tasks --methods constant --lrs 1e-3 > /dev/null
   python experiments/tuning_free_table.py "$all/runs.jsonl" > "$all/bar.md"
