@@ -10,8 +10,10 @@ nothing tuned, on the held-out tasks:
 Stretch: within 2% of the best-of-grid schedule-free AdamW on the geometric mean (on a schedule-free
 child, its constant rates are schedule-free AdamW's too: arm J's rivals on its schedule-free children).
 Then, per task, the controller and cosine from each start and the best-of-grid schedule-free AdamW,
-each over the best-of-grid cosine: how much the start rate matters to each; and the bar's ratios by
-the child's optimizer (Prodigy and schedule-free AdamW replace it, an SGD child's most of all).
+each over the best-of-grid cosine: how much the start rate matters to each; the bar's ratios by
+the child's optimizer (Prodigy and schedule-free AdamW replace it, an SGD child's most of all); and for
+a controller run on other optimizers' variants of the tasks (arm J), its ratios to what a user of the
+optimizer each seed drew could pick instead on the same child.
 
     python experiments/tuning_free_table.py runs/tuning-free/compare/all/runs.jsonl > bar.md
 """
@@ -154,6 +156,41 @@ def by_optimizer(runs, label):
     return lines
 
 
+def child_model(task):
+    """A task's name less its optimizer and that optimizer's settings: the same child, data and horizon,
+    whichever optimizer trains it (arm J's schedule-free variant of a held-out seed and the seed itself)."""
+    optimizer_token = lambda token: token in ("adamw", "sgd", "schedulefree") or token.startswith(("wd", "b1-", "b2-"))
+    return "_".join(token for token in task.split("_") if not optimizer_token(token))
+
+
+def against_drawn_optimizer(all_runs, label):
+    """A markdown table, for a controller run on other optimizers' variants of the held-out tasks (arm J):
+    from each start, the geometric mean of its loss over what a user of the optimizer the seed drew
+    could pick instead on the same child: the best-of-grid cosine, the best-of-grid schedule-free AdamW
+    (of both variants), and every other controller from the same start. Empty when it has no such tasks."""
+    drawn = {child_model(task): task for task, task_runs in all_runs.items() if best_of(task_runs, "cosine")}
+    own = {task: drawn[child_model(task)] for task, task_runs in all_runs.items()
+           if any(name.startswith(f"alrs:{label}@") for name in task_runs) and child_model(task) in drawn}
+    if all(task == drawn_task for task, drawn_task in own.items()):
+        return []  # it ran on the drawn optimizers: the tables above say it all
+    starts = [lr_text(start) for start in START_LRS]
+    others = [other for other in controllers({drawn: all_runs[drawn] for drawn in own.values()}) if other != label]
+    lines = [f"{label} on {len(own)} tasks against the same children with the optimizer their seed drew:", "",
+             "| from | / best-of-grid cosine | / best-of-grid schedule-free | " + " | ".join(
+                 f"/ {other}, same start" for other in others) + " |", "|---|---|---|" + "---|" * len(others)]
+    loss = lambda task, name: mean_loss(all_runs[task][name]) if all_runs[task].get(name) else None
+    for start in starts:
+        mine = lambda task: loss(task, f"alrs:{label}@{start}")
+        rivals = [lambda task: best_of(all_runs[own[task]], "cosine"),
+                  lambda task: min((v for v in (best_schedulefree(task, all_runs[task]),
+                                                best_schedulefree(own[task], all_runs[own[task]]))
+                                    if v is not None), default=None),
+                  *(lambda task, other=other: loss(own[task], f"alrs:{other}@{start}") for other in others)]
+        cells = [geometric_mean_ratio(sorted(own), mine, rival) for rival in rivals]
+        lines.append(f"| {start} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    return lines + [""]
+
+
 def table(all_runs):
     """Per controller, on the tasks it ran (arm J's children are other tasks: schedule-free variants):
     the bar (a row per start rate, a column per figure) and the per-task table."""
@@ -168,7 +205,8 @@ def table(all_runs):
         for start, figures in rows.items():
             cells = [f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v) for v in figures.values()]
             lines.append(f"| {start} | " + " | ".join(cells) + " |")
-        lines += ["", *per_task(runs, label), "", *by_optimizer(runs, label), ""]
+        lines += ["", *per_task(runs, label), "", *by_optimizer(runs, label), "",
+                  *against_drawn_optimizer(all_runs, label)]
     return "\n".join(lines)
 
 

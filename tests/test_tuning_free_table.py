@@ -81,3 +81,17 @@ def test_on_a_schedule_free_child_its_constant_rates_are_schedule_free_adamws():
     with_default = table.by_task(records + [record(child, "schedulefree@2.5e-3", 0, 0.4)])
     assert table.bar({child: with_default[child]}, "j", "1e-3")["/ schedulefree@2.5e-3"] == pytest.approx(0.55 / 0.4)
     assert table.best_schedulefree(child, with_default[child]) == 0.4
+
+
+def test_a_controller_on_schedule_free_variants_is_set_against_the_drawn_optimizer_on_the_same_child():
+    drawn, variant = "mnist_rc-linear_b16_s760_adamw_wd0.05_b1-0.95", "mnist_rc-linear_b16_s760_schedulefree_wd0.01"
+    assert table.child_model(drawn) == table.child_model(variant) == "mnist_rc-linear_b16_s760"
+    records = [record(drawn, name, 0, loss) for name, loss in (("cosine@1e-2", 0.5), ("cosine@1e-3", 0.4),
+                                                                ("schedulefree@1e-3", 0.38), ("alrs:h@1e-3", 0.44))]
+    records += [record(variant, name, 0, loss) for name, loss in (("constant@1e-3", 0.36), ("alrs:j@1e-3", 0.42))]
+    runs = table.by_task(records)
+    header, _, _, row, _, _ = table.against_drawn_optimizer(runs, "j")[2:]  # from 1e-2, 1e-3, 1e-4, then a blank
+    assert "/ h, same start" in header
+    assert row == f"| 1e-3 | {0.42 / 0.4:.3f} | {0.42 / 0.36:.3f} | {0.42 / 0.44:.3f} |"
+    assert table.against_drawn_optimizer(runs, "h") == []  # h ran on the drawn optimizer itself
+    assert "against the same children" in table.table(runs)
