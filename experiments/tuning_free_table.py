@@ -116,17 +116,22 @@ def ratio_text(loss, reference):
     return "–" if loss is None or not reference else f"{loss / reference:.3f}"
 
 
-def per_task(runs, label):
+def per_task(runs, label, drawn=None):
     """A markdown table: per task, the controller and cosine from each start, and the best-of-grid
-    schedule-free AdamW, over the best-of-grid cosine (whose loss the last column gives)."""
+    schedule-free AdamW, over the best-of-grid cosine (whose loss the last column gives). With ``drawn``
+    ({task: its runs with the optimizer the seed drew}, see drawn_runs), cosine is that optimizer's."""
     starts = [lr_text(start) for start in START_LRS]
     lines = [f"| task | {label} from " + " / ".join(starts) + " | cosine from " + " / ".join(starts)
              + " | best schedule-free | best cosine (loss) |", "|---|---|---|---|---|"]
     for task in sorted(runs):
-        reference = best_of(runs[task], "cosine")
-        cells = [" / ".join(ratio_text(mean_loss(runs[task].get(f"{kind}@{start}", {})) if runs[task].get(
-            f"{kind}@{start}") else None, reference) for start in starts) for kind in (f"alrs:{label}", "cosine")]
-        cells.append(ratio_text(best_schedulefree(task, runs[task]), reference))
+        cosine_runs = drawn[task] if drawn else runs[task]
+        reference = best_of(cosine_runs, "cosine")
+        cells = [" / ".join(ratio_text(mean_loss(source.get(f"{kind}@{start}", {})) if source.get(
+            f"{kind}@{start}") else None, reference) for start in starts)
+            for kind, source in ((f"alrs:{label}", runs[task]), ("cosine", cosine_runs))]
+        best_sf = [v for v in (best_schedulefree(task, runs[task]), best_of(drawn[task], "schedulefree") if drawn else None)
+                   if v is not None]
+        cells.append(ratio_text(min(best_sf, default=None), reference))
         cells.append("–" if reference is None else f"{reference:.3f}")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines
@@ -163,31 +168,49 @@ def child_model(task):
     return "_".join(token for token in task.split("_") if not optimizer_token(token))
 
 
-def against_drawn_optimizer(all_runs, label):
+def drawn_runs(all_runs, tasks):
+    """{task: the runs of the same child with the optimizer its seed drew} (the task with cosine rows whose
+    child_model is the same), for tasks that are other optimizers' variants (arm J's); {} when none is."""
+    drawn = {child_model(task): task_runs for task, task_runs in all_runs.items() if best_of(task_runs, "cosine")}
+    if all(best_of(all_runs[task], "cosine") for task in tasks):
+        return {}  # it ran on the drawn optimizers
+    return {task: drawn[child_model(task)] for task in tasks if child_model(task) in drawn}
+
+
+def against_drawn_optimizer(runs, label, drawn):
     """A markdown table, for a controller run on other optimizers' variants of the held-out tasks (arm J):
-    from each start, the geometric mean of its loss over what a user of the optimizer the seed drew
-    could pick instead on the same child: the best-of-grid cosine, the best-of-grid schedule-free AdamW
-    (of both variants), and every other controller from the same start. Empty when it has no such tasks."""
-    drawn = {child_model(task): task for task, task_runs in all_runs.items() if best_of(task_runs, "cosine")}
-    own = {task: drawn[child_model(task)] for task, task_runs in all_runs.items()
-           if any(name.startswith(f"alrs:{label}@") for name in task_runs) and child_model(task) in drawn}
-    if all(task == drawn_task for task, drawn_task in own.items()):
-        return []  # it ran on the drawn optimizers: the tables above say it all
-    starts = [lr_text(start) for start in START_LRS]
-    others = [other for other in controllers({drawn: all_runs[drawn] for drawn in own.values()}) if other != label]
-    lines = [f"{label} on {len(own)} tasks against the same children with the optimizer their seed drew:", "",
-             "| from | / best-of-grid cosine | / best-of-grid schedule-free | " + " | ".join(
-                 f"/ {other}, same start" for other in others) + " |", "|---|---|---|" + "---|" * len(others)]
-    loss = lambda task, name: mean_loss(all_runs[task][name]) if all_runs[task].get(name) else None
+    from each start, the geometric mean over the tasks of its loss over what a user of the optimizer the
+    seed drew could pick instead on the same child: the best-of-grid cosine, cosine from the same start,
+    Prodigy, the best-of-grid schedule-free AdamW (of both variants), and the other controllers from the
+    same start; then the first and the fourth by the optimizer the seed drew."""
+    tasks, starts = sorted(drawn), [lr_text(start) for start in START_LRS]
+    others = [other for other in controllers({task: drawn[task] for task in tasks}) if other != label]
+    loss = lambda task_runs, name: mean_loss(task_runs[name]) if task_runs.get(name) else None
+    columns = ["/ best-of-grid cosine", "/ cosine, same start", "/ prodigy", "/ best-of-grid schedule-free",
+               *(f"/ {other}, same start" for other in others)]
+    lines = [f"{label} on {len(tasks)} tasks against the same children with the optimizer their seed drew:", "",
+             "| from | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    best_sf = lambda task: min((v for v in (best_schedulefree(task, runs[task]), best_of(drawn[task], "schedulefree"))
+                                if v is not None), default=None)
+    rivals_of = lambda start: [
+        lambda task: best_of(drawn[task], "cosine"), lambda task: loss(drawn[task], f"cosine@{start}"),
+        lambda task: loss(drawn[task], "prodigy"), best_sf,
+        *(lambda task, other=other: loss(drawn[task], f"alrs:{other}@{start}") for other in others)]
     for start in starts:
-        mine = lambda task: loss(task, f"alrs:{label}@{start}")
-        rivals = [lambda task: best_of(all_runs[own[task]], "cosine"),
-                  lambda task: min((v for v in (best_schedulefree(task, all_runs[task]),
-                                                best_schedulefree(own[task], all_runs[own[task]]))
-                                    if v is not None), default=None),
-                  *(lambda task, other=other: loss(own[task], f"alrs:{other}@{start}") for other in others)]
-        cells = [geometric_mean_ratio(sorted(own), mine, rival) for rival in rivals]
+        cells = [geometric_mean_ratio(tasks, lambda task: loss(runs[task], f"alrs:{label}@{start}"), rival)
+                 for rival in rivals_of(start)]
         lines.append(f"| {start} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines += ["", "| optimizer the seed drew | tasks | / its best-of-grid cosine from " + " / ".join(starts)
+              + f" | from {lr_text(BAR_START)}: / best-of-grid schedule-free |", "|---|---|---|---|"]
+    drawn_optimizer = lambda task: child_optimizer(next(iter(next(iter(drawn[task].values())).values()))["task"])
+    for name in ("adam", "adamw", "sgd", "schedulefree"):
+        group = [task for task in tasks if drawn_optimizer(task) == name]
+        if group:
+            mine = lambda start: lambda task: loss(runs[task], f"alrs:{label}@{start}")
+            ratios = [geometric_mean_ratio(group, mine(start), rivals_of(start)[0]) for start in starts]
+            sf = geometric_mean_ratio(group, mine(lr_text(BAR_START)), best_sf)
+            lines.append(f"| {name} | {len(group)} | " + " / ".join("–" if r is None else f"{r:.3f}" for r in ratios)
+                         + f" | {'–' if sf is None else f'{sf:.3f}'} |")
     return lines + [""]
 
 
@@ -205,8 +228,9 @@ def table(all_runs):
         for start, figures in rows.items():
             cells = [f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v) for v in figures.values()]
             lines.append(f"| {start} | " + " | ".join(cells) + " |")
-        lines += ["", *per_task(runs, label), "", *by_optimizer(runs, label), "",
-                  *against_drawn_optimizer(all_runs, label)]
+        drawn = drawn_runs(all_runs, runs)
+        against = ["", *against_drawn_optimizer(runs, label, drawn)] if drawn else []
+        lines += [*against, "", *per_task(runs, label, drawn), "", *by_optimizer(runs, label), ""]
     return "\n".join(lines)
 
 
