@@ -181,10 +181,11 @@ def against_drawn_optimizer(runs, label, drawn):
     """A markdown table, for a controller run on other optimizers' variants of the held-out tasks (arm J):
     from each start, the geometric mean over the tasks of its loss over what a user of the optimizer the
     seed drew could pick instead on the same child: the best-of-grid cosine, cosine from the same start,
-    Prodigy, the best-of-grid schedule-free AdamW (of both variants), and the other controllers from the
-    same start; then the first and the fourth by the optimizer the seed drew."""
+    Prodigy, the best-of-grid schedule-free AdamW (of both variants), and the other controllers that ran
+    on all of those children, from the same start; then the first and the fourth by the optimizer the seed drew."""
     tasks, starts = sorted(drawn), [lr_text(start) for start in START_LRS]
-    others = [other for other in controllers({task: drawn[task] for task in tasks}) if other != label]
+    ran_on_all = lambda other: all(any(name.startswith(f"alrs:{other}@") for name in drawn[task]) for task in tasks)
+    others = [other for other in controllers({task: drawn[task] for task in tasks}) if other != label and ran_on_all(other)]
     loss = lambda task_runs, name: mean_loss(task_runs[name]) if task_runs.get(name) else None
     columns = ["/ best-of-grid cosine", "/ cosine, same start", "/ prodigy", "/ best-of-grid schedule-free",
                *(f"/ {other}, same start" for other in others)]

@@ -86,18 +86,24 @@ def test_on_a_schedule_free_child_its_constant_rates_are_schedule_free_adamws():
 def test_a_controller_on_schedule_free_variants_is_set_against_the_drawn_optimizer_on_the_same_child():
     drawn, variant = "mnist_rc-linear_b16_s760_adamw_wd0.05_b1-0.95", "mnist_rc-linear_b16_s760_schedulefree_wd0.01"
     assert table.child_model(drawn) == table.child_model(variant) == "mnist_rc-linear_b16_s760"
-    records = [record(drawn, name, 0, loss) for name, loss in (("cosine@1e-2", 0.5), ("cosine@1e-3", 0.4),
-                                                                ("prodigy", 0.35), ("schedulefree@1e-3", 0.38),
-                                                                ("alrs:h@1e-3", 0.44))]
+    drawn_rows = (("cosine@1e-2", 0.5), ("cosine@1e-3", 0.4), ("prodigy", 0.35), ("schedulefree@1e-3", 0.38),
+                  ("alrs:h@1e-3", 0.44))
+    records = [record(drawn, name, 0, loss) for name, loss in drawn_rows]
     records += [record(variant, name, 0, loss) for name, loss in (("constant@1e-3", 0.36), ("alrs:j@1e-3", 0.42))]
+    # a second child, the same losses: h ran on both drawn children, i on this one only (not a column)
+    sgd_child, sgd_variant = "mnist_mlp_b32_sgd", "mnist_mlp_b32_schedulefree"
+    records += [record(sgd_child, name, 0, loss) for name, loss in (*drawn_rows, ("alrs:i@1e-3", 0.5))]
+    records += [record(sgd_variant, name, 0, loss) for name, loss in (("constant@1e-3", 0.36), ("alrs:j@1e-3", 0.42))]
     runs = table.by_task(records)
-    drawn_runs = table.drawn_runs(runs, [variant])
-    assert drawn_runs == {variant: runs[drawn]} and table.drawn_runs(runs, [drawn]) == {}  # h ran on it itself
+    drawn_runs = table.drawn_runs(runs, [variant, sgd_variant])
+    assert drawn_runs == {variant: runs[drawn], sgd_variant: runs[sgd_child]}
+    assert table.drawn_runs(runs, [drawn]) == {}  # h ran on the drawn optimizer itself
     lines = table.against_drawn_optimizer(runs, "j", drawn_runs)
-    assert "/ h, same start" in lines[2]
+    assert "/ h, same start" in lines[2] and "/ i," not in lines[2]
     assert lines[5] == f"| 1e-3 | {0.42 / 0.4:.3f} | {0.42 / 0.4:.3f} | {0.42 / 0.35:.3f} | {0.42 / 0.36:.3f} | {0.42 / 0.44:.3f} |"
     assert f"| adamw | 1 | – / {0.42 / 0.4:.3f} / – | {0.42 / 0.36:.3f} |" in lines  # by the drawn optimizer
+    assert f"| sgd | 1 | – / {0.42 / 0.4:.3f} / – | {0.42 / 0.36:.3f} |" in lines
     _, _, per_task_row = table.per_task({variant: runs[variant]}, "j", drawn_runs)  # cosine of the drawn child
     assert per_task_row == f"| {variant} | – / {0.42 / 0.4:.3f} / – | 1.250 / 1.000 / – | {0.36 / 0.4:.3f} | 0.400 |"
     report = table.table(runs)
-    assert report.count("against the same children") == 1 and "## j on 1 tasks" in report
+    assert report.count("against the same children") == 1 and "## j on 2 tasks" in report
