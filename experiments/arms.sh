@@ -12,8 +12,9 @@ train_arm() {
   if [[ -n $id ]]; then
     python train.py "${COMMON[@]}" --resume "$id"
   else
-    # shellcheck disable=SC2046
-    python train.py "${COMMON[@]}" $(new_run_flags "$1") --tb-suffix "arm-$1"
+    local flags; flags=$(new_run_flags "$1") || return 1
+    # shellcheck disable=SC2086
+    python train.py "${COMMON[@]}" $flags --tb-suffix "arm-$1"
   fi > "$RUNS/logs/train-$1.log" 2>&1
   echo "arm $1 trained: $(run_id "$1")"
 }

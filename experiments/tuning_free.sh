@@ -6,6 +6,7 @@
 #   bash experiments/tuning_free.sh train H I        # train arms (in parallel, JOBS at a time; resumes)
 #   bash experiments/tuning_free.sh compare baselines H   # compare.py on the held-out family instances
 #   bash experiments/tuning_free.sh report                # every job's runs: compare.py's report and the bar
+#   bash experiments/tuning_free.sh train H-seed1 H-seed2 # an arm from other training seeds (own tasks drawn)
 #
 # Every arm: 6 environments, each drawing a new family task every episode (random classifier or the
 # MLP, Adam/AdamW/SGD/schedule-free AdamW as the arm says, batch 16-512, 300-3000 steps, 10-100% of
@@ -35,9 +36,15 @@ declare -A CHILD_OPTIMIZER=([J]=schedulefree)
 # shellcheck source=experiments/arms.sh
 source experiments/arms.sh
 
-new_run_flags() {
+arm_of() {  # the arm of a job name: H of H or of H-seed1 (arm H from training seed 1)
+  echo "${1%-seed*}"
+}
+
+new_run_flags() {  # ARM, or ARM-seedN: that arm from training seed N (its environments draw other tasks)
+  local arm; arm=$(arm_of "$1")
+  [[ -n ${ARMS[$arm]:-} ]] || { echo "no arm $arm (arms: ${!ARMS[*]})" >&2; return 1; }
   echo --num-envs 6 --family 6 --initial-lr 0 --preset stable --ppo2-total-timesteps "${TIMESTEPS:-30000}" \
-    "${F[@]}" ${ARMS[$1]}
+    "${F[@]}" ${ARMS[$arm]} $([[ $1 == *-seed* ]] && echo --seed "${1##*-seed}")
 }
 
 held_out_tasks() {  # compare.py's --task flags of the held-out family instances, less EXCLUDE's seeds;
@@ -50,7 +57,7 @@ held_out_tasks() {  # compare.py's --task flags of the held-out family instances
 compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
   local out=$RUNS/compare/$1
   mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
-  local optimizer=${CHILD_OPTIMIZER[$1]:-} tasks
+  local optimizer=${CHILD_OPTIMIZER[$(arm_of "$1")]:-} tasks
   tasks=$(held_out_tasks "$optimizer")
   if [[ $1 == baselines ]]; then
     compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
@@ -92,7 +99,7 @@ report() {  # every job's runs in one runs.jsonl, compare.py's report of them, a
 
 command=${1:-}; shift || true
 case $command in
-  train) in_parallel train_arm "$@" ;;
+  train) for arm in "$@"; do new_run_flags "$arm" > /dev/null; done; in_parallel train_arm "$@" ;;
   compare) in_parallel compare_job "$@" ;;
   report) report ;;
   *) echo "usage: $0 train [arm ...] | compare [baselines] [arm ...] | report   (arms: ${!ARMS[*]})" >&2; exit 2 ;;
