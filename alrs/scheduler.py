@@ -146,7 +146,7 @@ class ALRSScheduler(LRScheduler):
         kind = optimizer_kind(optimizer)
         if kind not in self.controller.optimizers:
             warn(f"optimizer: the controller was trained to set the rate of {', '.join(self.controller.optimizers)}; "
-                 f"with {kind} its choices are untested")
+                 f"it was not trained with {kind} (its card says how it did on held-out children)")
         self.out_of_range = np.zeros(len(FEATURES[self.controller.features]), dtype=int)  # actions in a row
         self.warned = set()  # the one-time warnings given
         self.checked = False  # whether a validation pass has checked the data and found the output layer

@@ -17,7 +17,7 @@ from alrs.controller import FEATURES, Controller
 from environment import EnvConfig, VecALRSEnv, run_episode
 from alrs.policy import ActorCritic, VecNormalizer
 from models import build_model
-from alrs.scheduler import ALRSScheduler, load_scheduler_controller
+from alrs.scheduler import ALRSScheduler, load_scheduler_controller, pretrained_controllers
 from utils import run_cli
 
 PRETRAINED = ROOT / "alrs" / "pretrained" / "fa-mnist_mlp_stable.pt"
@@ -211,7 +211,7 @@ def test_scheduler_warns_for_other_optimizers_only(splits):
     for optimizer, kind in ((torch.optim.SGD(model.parameters(), lr=1e-3), "sgd"),
                             (torch.optim.AdamW(model.parameters(), lr=1e-3), "adamw"),
                             (torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2), "L2 weight decay")):
-        with pytest.warns(UserWarning, match=f"trained to set the rate of adam; with .*{kind}.*untested") as caught:
+        with pytest.warns(UserWarning, match=f"trained to set the rate of adam; it was not trained with .*{kind}") as caught:
             ALRSScheduler(optimizer, model, PRETRAINED, val)
         assert caught[0].filename == __file__  # the warning points at the user's line
     with warnings.catch_warnings():
@@ -242,6 +242,25 @@ def test_pretrained_controller_is_the_study_policy():
     assert not controller.agent.discrete and controller.normalizer.training is False
     state = torch.load(PRETRAINED, weights_only=True)
     assert state["trained_args"]["reward"] == "log-improvement" and state["timesteps"] == 40000
+
+
+def test_every_shipped_controller_has_its_card_and_training_flags(splits):
+    """A controller shipped without its card, or whose card names other optimizers than it was trained with,
+    would mislead the user picking one."""
+    names = pretrained_controllers()
+    assert {"family_adam_progress", "family_progress", "generalist_mlp_progress"} <= set(names)
+    for name in names:
+        assert (PRETRAINED.parent / f"{name}.md").read_text().startswith(f"# {name}.pt\n")
+        trained_args = torch.load(PRETRAINED.parent / f"{name}.pt", weights_only=True)["trained_args"]
+        drawn = trained_args.get("family_optimizers") or [trained_args.get("optimizer") or "adam"]
+        assert sorted(load_scheduler_controller(PRETRAINED.parent / f"{name}.pt").optimizers) == sorted(drawn)
+    model = build_model("mlp", 1, (28, 28))
+    val = (to_float(splits.val_x), splits.val_y)
+    with pytest.raises(ValueError, match="total_steps"):  # family_adam_progress observes the fraction of the run done
+        ALRSScheduler.from_pretrained("family_adam_progress", torch.optim.Adam(model.parameters(), lr=1e-3), model, val)
+    with pytest.warns(UserWarning, match="trained to set the rate of adam; it was not trained with sgd"):
+        ALRSScheduler.from_pretrained("family_adam_progress", torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9),
+                                      model, val, total_steps=100)
 
 
 @pytest.mark.slow
