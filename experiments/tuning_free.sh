@@ -5,6 +5,7 @@
 #
 #   bash experiments/tuning_free.sh train H I        # train arms (in parallel, JOBS at a time; resumes)
 #   bash experiments/tuning_free.sh compare baselines H   # compare.py on the held-out family instances
+#   bash experiments/tuning_free.sh compare wide-grid     # cosine and schedule-free AdamW from 3e-2 and 1e-1 too
 #   bash experiments/tuning_free.sh report                # every job's runs: compare.py's report and the bar
 #   bash experiments/tuning_free.sh train H-seed1 H-seed2 # an arm from other training seeds (own tasks drawn)
 #
@@ -63,6 +64,8 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
     compare "$out" $tasks --methods constant cosine onecycle plateau schedulefree --lrs 1e-2 1e-3 1e-4
     compare "$out" $tasks --methods schedulefree --lrs 2.5e-3   # its default rate
     compare "$out" $tasks --methods prodigy
+  elif [[ $1 == wide-grid ]]; then  # the grid's top: is the best-of-grid cosine's best start its highest?
+    compare "$out" $tasks --methods cosine schedulefree --lrs 3e-2 1e-1
   else
     local id; id=$(run_id "$1")
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }

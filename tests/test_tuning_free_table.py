@@ -52,7 +52,7 @@ def test_per_task_table_gives_each_start_over_the_best_cosine():
     records.append(record("a", "alrs:c@1e-4", 0, None))  # a diverged seed: the start lost the task
     header, _, row = table.per_task(table.by_task(records), "c")
     assert "c from 1e-2 / 1e-3 / 1e-4" in header
-    assert row == "| a | 1.050 / 1.000 / inf | 1.250 / 1.000 / 2.000 | 0.900 | 0.800 |"
+    assert row == "| a | 1.050 / 1.000 / inf | 1.250 / 1.000 / 2.000 | 0.900 | 1.000 (1e-3) | 0.800 |"
 
 
 def test_by_optimizer_groups_tasks_by_the_child_optimizer_in_their_names():
@@ -63,7 +63,7 @@ def test_by_optimizer_groups_tasks_by_the_child_optimizer_in_their_names():
                      ("alrs:c@1e-4", 1.1), ("prodigy", 0.5), ("schedulefree@2.5e-3", 2.0))]
     header, _, adam, sgd = table.by_optimizer(table.by_task(records), "c")
     assert "from 1e-3: / prodigy" in header
-    assert adam == "| adam | 1 | 0.900 / 1.000 / 1.100 | 2.000 | 0.500 | 0.500 |"
+    assert adam == "| adam | 1 | 0.900 / 1.000 / 1.100 | 2.000 | 0.500 | 0.500 | 1.000 |"
     assert sgd.startswith("| sgd | 2 | 0.900 / 1.000 / 1.100 |")
 
 
@@ -104,6 +104,21 @@ def test_a_controller_on_schedule_free_variants_is_set_against_the_drawn_optimiz
     assert f"| adamw | 1 | – / {0.42 / 0.4:.3f} / – | {0.42 / 0.36:.3f} |" in lines  # by the drawn optimizer
     assert f"| sgd | 1 | – / {0.42 / 0.4:.3f} / – | {0.42 / 0.36:.3f} |" in lines
     _, _, per_task_row = table.per_task({variant: runs[variant]}, "j", drawn_runs)  # cosine of the drawn child
-    assert per_task_row == f"| {variant} | – / {0.42 / 0.4:.3f} / – | 1.250 / 1.000 / – | {0.36 / 0.4:.3f} | 0.400 |"
+    assert per_task_row == f"| {variant} | – / {0.42 / 0.4:.3f} / – | 1.250 / 1.000 / – | {0.36 / 0.4:.3f} | 1.000 (1e-3) | 0.400 |"
     report = table.table(runs)
     assert report.count("against the same children") == 1 and "## j on 2 tasks" in report
+
+
+def test_cosine_from_starts_beyond_the_grid_is_beside_the_bar_not_in_it():
+    """Rows from 3e-2 and 1e-1 (a grid widened upward) leave the bar's best-of-grid cosine as the issue
+    defines it (1e-2, 1e-3, 1e-4) and give their own figure: how much the grid's top flatters the controller."""
+    rows = (("cosine@1e-2", 1.0), ("cosine@1e-3", 1.2), ("cosine@1e-4", 1.5), ("cosine@3e-2", 0.8),
+            ("cosine@1e-1", 2.3), ("alrs:c@1e-3", 0.9))
+    runs = table.by_task([record("a", name, 0, loss) for name, loss in rows])
+    figures = table.bar(runs, "c", "1e-3")
+    assert figures["/ best-of-grid cosine"] == pytest.approx(0.9 / 1.0)
+    assert figures[table.WIDER] == pytest.approx(0.9 / 0.8)
+    assert figures["/ cosine, same start"] == pytest.approx(0.9 / 1.2)
+    _, _, row = table.per_task(runs, "c")
+    assert row.endswith("| 0.800 (3e-2) | 1.000 |")
+    assert table.best_start(runs["a"], "cosine") == "3e-2" and table.best_start(runs["a"], "onecycle") is None
