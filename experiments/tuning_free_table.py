@@ -57,18 +57,23 @@ def geometric_mean_ratio(tasks, numerator, denominator):
     return float(np.exp(np.mean(np.log(ratios)))) if len(ratios) == len(tasks) and ratios else None
 
 
+def means_by_start(task_runs, kind):
+    """{start: mean final loss} of a kind's rows that have runs, e.g. {"1e-2": 0.41, "1e-3": 0.38}."""
+    means = {name.split("@")[-1]: mean_loss(runs) for name, runs in task_runs.items() if name.split("@")[0] == kind}
+    return {start: mean for start, mean in means.items() if mean is not None}
+
+
 def best_of(task_runs, kind, starts=None):
     """The lowest mean final loss among a kind's rows from ``starts`` (default: every start that ran),
     or None: its best of grid."""
-    means = [mean_loss(runs) for name, runs in task_runs.items()
-             if name.split("@")[0] == kind and (starts is None or name.split("@")[-1] in starts)]
-    return min((m for m in means if m is not None), default=None)
+    means = means_by_start(task_runs, kind)
+    return min((mean for start, mean in means.items() if starts is None or start in starts), default=None)
 
 
 def best_start(task_runs, kind):
     """The start of a kind's row with the lowest mean final loss, e.g. "1e-2" (None: no row finished)."""
-    means = {name.split("@")[-1]: mean_loss(runs) for name, runs in task_runs.items() if name.split("@")[0] == kind}
-    return min((start for start, m in means.items() if m is not None), key=means.get, default=None)
+    means = means_by_start(task_runs, kind)
+    return min(means, key=means.get, default=None)
 
 
 def best_schedulefree(task, task_runs):
