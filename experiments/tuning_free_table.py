@@ -113,32 +113,36 @@ def bar(runs, label, start):
               f"/ {SCHEDULEFREE_DEFAULT}": lambda task: loss(schedulefree_default(task, runs[task]))(task)}
     for column, rival in rivals.items():
         figures[column] = geometric_mean_ratio(tasks, loss(own), rival)
-    wins = replay_wins(runs, own, f"pooled_replay:{label}@{start}")
-    figures["beats pooled replay (tasks)"] = wins_text(wins, len(tasks))
+    pooled = replay_wins(runs, own, f"pooled_replay:{label}@{start}")
+    figures["beats pooled replay (tasks)"] = wins_text(pooled, len(tasks))
     figures["beats same-task replay (tasks)"] = wins_text(replay_wins(runs, own, f"replay:{label}@{start}"), len(tasks))
     figures["/ best-of-grid schedule-free"] = geometric_mean_ratio(tasks, loss(own),
                                                                    lambda t: best_schedulefree(t, runs[t]))
     figures["passes"] = (failures_beyond_constant == 0 and (figures["/ best-of-grid cosine"] or math.inf) <= 1.0
                          and all((figures[column] or math.inf) < 1 for column in rivals)
-                         and 2 * (wins or 0) >= len(tasks))
+                         and 2 * (pooled or (0, 0))[0] >= len(tasks))
     return figures
 
 
 def replay_wins(runs, own, replay):
-    """On how many tasks the controller's rows ``own`` beat the replay's rows ``replay`` by more than
-    2 SE, paired by seed (a task without the replay's runs counts as not beaten); None when no task has them."""
+    """(wins, replayed): on how many tasks the controller's rows ``own`` beat the replay's rows ``replay``
+    by more than 2 SE, paired by seed, and on how many the replay ran (a task without its runs counts as
+    not beaten); None when no task has them."""
     replayed = [task for task in runs if runs[task].get(replay)]
     wins = 0
     for task in replayed:
         diff = paired_difference(*({s: r["final_val_loss"] if r["final_val_loss"] is not None else math.nan
                                     for s, r in side.items()} for side in (runs[task].get(own, {}), runs[task][replay])))
         wins += diff is not None and diff["mean"] < -2 * diff["sem"]
-    return wins if replayed else None
+    return (wins, len(replayed)) if replayed else None
 
 
 def wins_text(wins, tasks):
-    """A replay column's cell: "3 of 24", or "not run"."""
-    return "not run" if wins is None else f"{wins} of {tasks}"
+    """A replay column's cell: "3 of 24", "0 of 24 (1 replayed)" when the replay ran on fewer tasks, or "not run"."""
+    if wins is None:
+        return "not run"
+    won, replayed = wins
+    return f"{won} of {tasks}" + (f" ({replayed} replayed)" if replayed < tasks else "")
 
 
 def ratio_text(loss, reference):

@@ -42,7 +42,7 @@ def test_the_bar_from_each_start_on_hand_made_runs():
     unreplayed = [r for r in records if not r["method"].startswith("pooled_replay")]
     assert table.bar(table.by_task(unreplayed), "c", "1e-3")["beats pooled replay (tasks)"] == "not run"
     half = [r for r in records if not (r["method"].startswith("pooled_replay") and r["task"] == "b")]
-    assert table.bar(table.by_task(half), "c", "1e-3")["beats pooled replay (tasks)"] == "1 of 2"
+    assert table.bar(table.by_task(half), "c", "1e-3")["beats pooled replay (tasks)"] == "1 of 2 (1 replayed)"
     assert figures["beats same-task replay (tasks)"] == "not run"
     # the same-task replay beside the bar: beaten on task a only (on b it is better), and the bar unchanged
     replays = [record(task, "replay:c@1e-3", seed, scale * (0.80 + 0.01 * seed if task == "a" else 0.7))
