@@ -56,6 +56,11 @@ held_out_tasks() {  # compare.py's --task flags of the held-out family instances
     { grep -vE -- "--task family=(${excluded// /|})(,|$)" || true; } | tr '\n' ' '
 }
 
+policy_of() {  # a run's policy: latest.pt, or the last step checkpoint where a finished run left latest.pt out
+  local dir=$RUNS/$1/checkpoints
+  if [[ -f $dir/latest.pt ]]; then echo "$dir/latest.pt"; else ls "$dir"/step-*.pt | sort | tail -n1; fi
+}
+
 compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a folder of its own
   local out=$RUNS/compare/$1
   mkdir -p "$out" "$RUNS/controllers" "$RUNS/logs"
@@ -70,7 +75,7 @@ compare_job() {  # compare.py's runs of one job (an arm, or the baselines) in a 
   else
     local id; id=$(run_id "$1")
     [[ -n $id ]] || { echo "arm $1 was not trained" >&2; return 1; }
-    cp "$RUNS/$id/checkpoints/latest.pt" "$RUNS/controllers/tuning-free-$1.pt"
+    cp "$(policy_of "$id")" "$RUNS/controllers/tuning-free-$1.pt"
     # on an arm's own children, their optimizer at fixed rates is the rival (2.5e-3: schedule-free AdamW's default)
     # shellcheck disable=SC2086
     [[ -n $optimizer ]] && compare "$out" $tasks --methods constant --lrs 2.5e-3 1e-2 1e-3 1e-4
