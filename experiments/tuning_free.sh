@@ -31,6 +31,7 @@ declare -A ARMS=(
   [I]="--family-optimizers $ALL --anchor cosine"          # H, actions correct a cosine schedule
   [J]="--family-optimizers schedulefree"                  # the better of H and I (H), schedule-free AdamW's rate only
   [K]="--family-optimizers adam --anchor cosine"          # G, actions correct a cosine schedule (I's anchor on G's mix)
+  [L]="--family-optimizers adam,adamw"                    # G with AdamW too: the optimizers that share Adam's rate scale
 )
 # arms compared on the held-out seeds drawn with one optimizer only (the one they trained with)
 declare -A CHILD_OPTIMIZER=([J]=schedulefree)
