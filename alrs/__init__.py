@@ -7,8 +7,9 @@
 ``pretrained_controllers()`` lists the shipped controllers; their cards are alrs/pretrained/<name>.md.
 The package needs torch and numpy only.
 """
-from alrs.controller import Controller, load_controller, read_controller_checkpoint
+from alrs.controller import Controller, ControllerEnsemble, load_controller, read_controller_checkpoint
 from alrs.scheduler import ALRSScheduler, pretrained_controllers
 
 __version__ = "0.2.0"
-__all__ = ["ALRSScheduler", "Controller", "load_controller", "pretrained_controllers", "read_controller_checkpoint"]
+__all__ = ["ALRSScheduler", "Controller", "ControllerEnsemble", "load_controller", "pretrained_controllers",
+           "read_controller_checkpoint"]

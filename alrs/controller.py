@@ -8,8 +8,10 @@ take these from here, so a controller sees and acts the same way wherever it run
 - Actions: ``apply_action`` (discrete, or a continuous factor) and the continuous action's bounds;
   with an anchor (opt-in), the rate they set multiplies a base schedule (``anchor_factor``) and stays
   within a bounded factor of the start (``bound_to_anchor``).
-- ``Controller``: a policy with its frozen normalizer, as a schedule (``next_lr``).
-- Checkpoints: ``controller_state`` writes what ``load_controller`` reads back as a ``Controller``.
+- ``Controller``: a policy with its frozen normalizer, as a schedule (``next_lr``);
+  ``ControllerEnsemble``: several trained alike, acting as one (the median of their rates).
+- Checkpoints: ``controller_state`` (``ensemble_state``) writes what ``load_controller`` reads back
+  as a ``Controller`` (a ``ControllerEnsemble``).
 """
 import math
 from dataclasses import dataclass, replace
@@ -181,6 +183,47 @@ class Controller:
         lr = apply_action(np.array([lr]), action.numpy(), self.agent.discrete, self.action_range, self.action_param)
         return float(bound_to_anchor(lr, self.initial_lr, self.anchor, self.anchor_range)[0])
 
+    def beyond_range(self, obs):
+        """Which features of ``obs`` lie beyond the normalizer's clip: values it never saw in training."""
+        return np.abs(self.normalizer.standardize(np.asarray(obs)[None])[0]) > self.normalizer.clip
+
+
+@dataclass(frozen=True, eq=False)
+class ControllerEnsemble:
+    """Controllers trained alike (the same observation and anchor; e.g. from different training seeds)
+    acting as one: each chooses the next rate from the same observation and the same current rate,
+    and the ensemble sets their median, in log space. A training seed can learn a failure its
+    siblings do not (docs/results.md, replication over training seeds); with three or more members
+    the median follows the majority."""
+    members: tuple
+
+    def __post_init__(self):
+        if not self.members:
+            raise UserError("an ensemble needs at least one controller")
+        first = self.members[0]
+        for key in ("features", "anchor", "anchor_range", "initial_lr"):
+            values = {getattr(member, key) for member in self.members}
+            if len(values) > 1:
+                raise UserError(f"ensemble: its controllers differ in {key} ({', '.join(map(str, values))}); "
+                                "the members must observe and act alike")
+        for key in ("features", "anchor", "anchor_range", "initial_lr", "deterministic"):
+            object.__setattr__(self, key, getattr(first, key))
+        object.__setattr__(self, "optimizers", tuple(name for name in first.optimizers  # those every member knows
+                                                     if all(name in m.optimizers for m in self.members)))
+
+    def starting_at(self, initial_lr):
+        """This ensemble, every member from rate ``initial_lr``."""
+        return ControllerEnsemble(tuple(member.starting_at(initial_lr) for member in self.members))
+
+    def next_lr(self, obs, lr, step):
+        """The median, in log space, of the members' next rates from ``lr``."""
+        rates = [member.next_lr(obs, lr, step) for member in self.members]
+        return float(np.exp(np.median(np.log(rates))))
+
+    def beyond_range(self, obs):
+        """The features beyond some member's normalizer clip."""
+        return np.any([member.beyond_range(obs) for member in self.members], axis=0)
+
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -195,10 +238,19 @@ def controller_state(agent, normalizer, action_range, action_param="clip", featu
             "normalizer": normalizer.state_dict(), "norm_obs": normalizer.norm_obs, "clip": normalizer.clip}
 
 
+def ensemble_state(states):
+    """One checkpoint of several ``controller_state`` dicts: ``load_controller`` reads it back as a
+    ``ControllerEnsemble`` (which checks that the members observe and act alike)."""
+    load_controller({"format": CHECKPOINT_FORMAT, "members": list(states)})
+    return {"format": CHECKPOINT_FORMAT, "members": list(states)}
+
+
 def read_controller_checkpoint(path):
-    """The dict ``controller_state`` saved at ``path``; a file that is not a controller checkpoint, or
-    is of another format, is a UserError."""
-    state = load_checkpoint(path, required=("format", "agent", "discrete"))
+    """The dict ``controller_state`` (or ``ensemble_state``) saved at ``path``; a file that is not a
+    controller checkpoint, or is of another format, is a UserError."""
+    state = load_checkpoint(path)
+    if not ("members" in state or all(key in state for key in ("agent", "discrete"))):
+        raise UserError(f"{path} is not an ALRS checkpoint")
     if state["format"] != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint format {state['format']!r} is not {CHECKPOINT_FORMAT!r}")
     return state
@@ -210,10 +262,13 @@ def controller_features(state):
 
 
 def load_controller(state, deterministic=True):
-    """The ``Controller`` of a ``controller_state`` dict, in eval mode with its normalizer frozen.
+    """The ``Controller`` of a ``controller_state`` dict, in eval mode with its normalizer frozen (the
+    ``ControllerEnsemble`` of an ``ensemble_state`` dict).
     Checkpoints from before the action parametrization was saved act with "clip"; those from before
     the feature sets observe the reference's features; those from before anchors have none and were
     trained with Adam."""
+    if "members" in state:
+        return ControllerEnsemble(tuple(load_controller(member, deterministic) for member in state["members"]))
     agent = ActorCritic(state["agent"]["actor.0.weight"].shape[1], discrete=state["discrete"])
     agent.load_state_dict(state["agent"])
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])

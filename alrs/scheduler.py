@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import ChainedScheduler, LRScheduler
 
-from alrs.controller import (FEATURES, LR_MAX, LR_MIN, Controller, anchor_factor, clip_lr, load_controller,
-                             observation_features, read_controller_checkpoint, select_features)
+from alrs.controller import (FEATURES, LR_MAX, LR_MIN, Controller, ControllerEnsemble, anchor_factor, clip_lr,
+                             load_controller, observation_features, read_controller_checkpoint, select_features)
 from alrs.validation import EVAL_CHUNK, evaluation_mode, predict
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -94,8 +94,9 @@ class ALRSScheduler(LRScheduler):
         when the controller was not trained with this kind of optimizer. Schedule-free optimizers are
         validated at their evaluation weights.
     model: the network being trained; its output layer's weights are part of the observation.
-    controller: a checkpoint path (train.py's checkpoints) or a loaded ``Controller``;
-        ``ALRSScheduler.from_pretrained(name, ...)`` finds the shipped ones.
+    controller: a checkpoint path (train.py's checkpoints, or ensemble.py's of several controllers)
+        or a loaded ``Controller`` or ``ControllerEnsemble``; ``ALRSScheduler.from_pretrained(name,
+        ...)`` finds the shipped ones.
     val_data: classification data (integer class labels; the controller observes a cross-entropy):
         (images, labels) tensors, a map-style Dataset of (image, label) pairs, or a re-iterable of
         (images, labels) batches such as a DataLoader. It is read once, when the scheduler is built.
@@ -134,7 +135,7 @@ class ALRSScheduler(LRScheduler):
         if not optimizer.param_groups[0]["lr"] > 0:
             raise ValueError(f"optimizer: the first parameter group's learning rate must be positive (the "
                              f"controller scales it), got {optimizer.param_groups[0]['lr']}")
-        self.controller = (controller if isinstance(controller, Controller)
+        self.controller = (controller if isinstance(controller, (Controller, ControllerEnsemble))
                            else load_scheduler_controller(controller, deterministic))
         needs_total = self.controller.features == "relative-progress" or self.controller.anchor == "cosine"
         if needs_total and self.total_steps is None:
@@ -295,9 +296,7 @@ class ALRSScheduler(LRScheduler):
     def _check_range(self, features):
         """Warn once when a feature has been beyond the normalizer's clip for OUT_OF_RANGE_ACTIONS actions
         in a row, naming it: the controller never saw such values in training."""
-        normalizer = self.controller.normalizer
-        beyond = np.abs(normalizer.standardize(features[None])[0]) > normalizer.clip
-        self.out_of_range = np.where(beyond, self.out_of_range + 1, 0)
+        self.out_of_range = np.where(self.controller.beyond_range(features), self.out_of_range + 1, 0)
         if "range" not in self.warned and (self.out_of_range >= OUT_OF_RANGE_ACTIONS).any():
             self.warned.add("range")
             names = [FEATURES[self.controller.features][i] for i in np.flatnonzero(self.out_of_range >= OUT_OF_RANGE_ACTIONS)]

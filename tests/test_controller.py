@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import utils
-from alrs.controller import (FEATURES, LR_MAX, LR_MIN, RANDOM_INITIAL_LRS, Controller, apply_action, clip_lr,
-                        controller_state, load_controller, nearest_start, observation_features, relative_features,
-                        start_lrs)
+import ensemble
+from alrs.controller import (FEATURES, LR_MAX, LR_MIN, RANDOM_INITIAL_LRS, Controller, ControllerEnsemble, apply_action,
+                             clip_lr, controller_state, load_controller, nearest_start, observation_features,
+                             read_controller_checkpoint, relative_features, start_lrs)
 from alrs.policy import ActorCritic, VecNormalizer
 
 
@@ -162,3 +163,86 @@ def test_a_checkpoint_records_the_features_and_actions_it_was_trained_with(tmp_p
     controller = load_controller(utils.load_checkpoint(tmp_path / "c.pt"), deterministic=False)
     assert (controller.features, controller.action_range, controller.action_param) == ("relative-progress", 1.25, "log")
     assert controller.agent.actor[0].in_features == 8 and controller.deterministic is False
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+def test_an_ensemble_sets_the_median_of_its_members_rates_in_log_space():
+    members = [constant_action_controller(action) for action in (-1.0, 0.5, 2.0)]
+    obs, lr = np.ones(7), 2e-3
+    assert ControllerEnsemble(tuple(members)).next_lr(obs, lr, 0) == pytest.approx(lr * 1.05 ** 0.5, rel=1e-6)
+    pair = ControllerEnsemble(tuple(members[:2]))  # an even count: the geometric mean of the middle two
+    assert pair.next_lr(obs, lr, 0) == pytest.approx(lr * 1.05 ** -0.25, rel=1e-6)
+    # one member failing upwards does not move the median of three
+    outvoted = ControllerEnsemble((members[0], members[1], constant_action_controller(50.0)))
+    assert outvoted.next_lr(obs, lr, 0) == pytest.approx(lr * 1.05 ** 0.5, rel=1e-6)
+    moved = outvoted.starting_at(1e-2)
+    assert moved.initial_lr == 1e-2 and all(member.initial_lr == 1e-2 for member in moved.members)
+
+
+def test_ensemble_members_must_observe_and_act_alike():
+    with pytest.raises(utils.UserError, match="differ in features"):
+        ControllerEnsemble((constant_action_controller(0.0), relative_controller_like("relative")))
+    with pytest.raises(utils.UserError, match="differ in anchor"):
+        ControllerEnsemble((constant_action_controller(0.0), constant_action_controller(0.0, anchor="cosine")))
+    both = ControllerEnsemble((constant_action_controller(0.0, optimizers=("adam", "sgd")),
+                               constant_action_controller(0.0, optimizers=("adam",))))
+    assert both.optimizers == ("adam",)  # the scheduler warns for any other
+
+
+def relative_controller_like(features):
+    """A controller of another observation than constant_action_controller's."""
+    agent = ActorCritic(len(FEATURES[features]))
+    return Controller(agent.eval(), VecNormalizer(len(FEATURES[features]), 1), 1.05, "log", features=features)
+
+
+def test_an_ensemble_flags_features_beyond_any_members_range():
+    narrow, wide = constant_action_controller(0.0), constant_action_controller(0.0)
+    narrow.normalizer.obs_rms.var[:] = 1e-6
+    narrow.normalizer.obs_rms.mean[:] = 1.0
+    obs = np.ones(7)
+    obs[3] = 2.0
+    assert narrow.beyond_range(obs).tolist() == [False] * 3 + [True] + [False] * 3
+    assert not wide.beyond_range(obs).any()
+    assert ControllerEnsemble((wide, narrow)).beyond_range(obs).tolist() == narrow.beyond_range(obs).tolist()
+
+
+def saved_controllers(tmp_path, count):
+    """``count`` checkpoints of different continuous controllers, as train.py writes them."""
+    paths = []
+    for index in range(count):
+        torch.manual_seed(index)
+        agent = ActorCritic().eval()
+        with torch.no_grad():
+            agent.actor[-1].bias.fill_(0.4 * (index - 1))  # means -0.4, 0, 0.4, moved by the observation
+        normalizer = VecNormalizer(7, 1)
+        paths.append(tmp_path / f"c{index}.pt")
+        utils.save_checkpoint(paths[-1], controller_state(agent, normalizer, 1.2, "log"))
+    return paths
+
+
+def test_ensemble_cli_writes_a_checkpoint_that_loads_as_the_median(tmp_path, capsys):
+    paths = saved_controllers(tmp_path, 3)
+    ensemble.main(["--out", str(tmp_path / "e.pt"), *map(str, paths)])
+    assert "median of 3" in capsys.readouterr().out
+    joined = load_controller(read_controller_checkpoint(tmp_path / "e.pt"))
+    members = [load_controller(read_controller_checkpoint(path)) for path in paths]
+    assert isinstance(joined, ControllerEnsemble) and len(joined.members) == 3
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs = rng.normal(size=7)
+        rates = sorted(member.next_lr(obs, 1e-3, 0) for member in members)
+        assert len(set(rates)) == 3  # the members disagree, so the median is a choice
+        assert joined.next_lr(obs, 1e-3, 0) == pytest.approx(rates[1], rel=1e-12)
+
+
+def test_ensemble_cli_refuses_one_controller_or_an_ensemble(tmp_path):
+    paths = saved_controllers(tmp_path, 2)
+    with pytest.raises(utils.UserError, match="two or more"):
+        ensemble.main(["--out", str(tmp_path / "e.pt"), str(paths[0])])
+    ensemble.main(["--out", str(tmp_path / "e.pt"), *map(str, paths)])
+    with pytest.raises(utils.UserError, match="not ensembles"):
+        ensemble.main(["--out", str(tmp_path / "f.pt"), str(tmp_path / "e.pt"), str(paths[0])])
+    utils.save_checkpoint(tmp_path / "other.pt", {"format": 1, "weights": {}})
+    with pytest.raises(utils.UserError, match="not an ALRS checkpoint"):
+        ensemble.main(["--out", str(tmp_path / "g.pt"), str(tmp_path / "other.pt"), str(paths[0])])

@@ -13,12 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from children import BatchSampler, to_float
 from conftest import ROOT, write_image_folder, write_mnist
 from data import load_splits
-from alrs.controller import FEATURES, Controller
+from alrs.controller import FEATURES, Controller, ControllerEnsemble, ensemble_state, read_controller_checkpoint
 from environment import EnvConfig, VecALRSEnv, run_episode
 from alrs.policy import ActorCritic, VecNormalizer
 from models import build_model
 from alrs.scheduler import ALRSScheduler, load_scheduler_controller, pretrained_controllers
-from utils import run_cli
+from utils import run_cli, save_checkpoint
 
 PRETRAINED = ROOT / "alrs" / "pretrained" / "fa-mnist_mlp_stable.pt"
 STEPS, FREQ, BATCH, SEED = 40, 10, 16, 3
@@ -74,6 +74,16 @@ def test_scheduler_reproduces_the_environment_exactly(splits, initial_lr):
     np.testing.assert_array_equal(rates[:-1], episode["lr"][0, 1:])
     assert len(set(rates)) > 2  # the controller changed the rate at every action
     assert scheduler.get_last_lr() == [rates[-1]]
+
+
+def test_an_ensemble_checkpoint_of_copies_schedules_as_its_one_controller(splits, tmp_path):
+    state = read_controller_checkpoint(PRETRAINED)
+    save_checkpoint(tmp_path / "copies.pt", ensemble_state([state] * 3))
+    _, _, alone = plain_loop(splits, load_scheduler_controller(PRETRAINED), 1e-3)
+    _, scheduler, joined = plain_loop(splits, tmp_path / "copies.pt", 1e-3)
+    assert isinstance(scheduler.controller, ControllerEnsemble)
+    np.testing.assert_allclose(np.array(joined), np.array(alone), rtol=1e-6)
+    assert len({rate for rate, _ in joined}) > 2
 
 
 def relative_controller(features):
