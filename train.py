@@ -8,10 +8,9 @@ checkpoints/{latest,best,step-*}.pt and progress.png.
 """
 import functools
 import json
-import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from utils import (UserError, append_jsonl, atomic_write, load_json, read_jsonl,
                    save_checkpoint)
 
 NUM_PERIODIC_CHECKPOINTS = 10
-PLOT_INTERVAL_S = 60  # progress.png is redrawn at a periodic checkpoint at most this often (and at the end)
+PLOT_INTERVAL_S = 60  # progress.png is drawn at a periodic checkpoint at most this often (and at the end)
 EPISODE_LR_KEYS = ("lr_min", "lr_max", "initial_lr", "final_lr", "lr_geomean", "lr_scale")
 FAMILY = "family"  # the task name of the environments that draw from the family (--family)
 
@@ -172,7 +171,8 @@ class Run:
     world: int
     num_updates: int
     steps_per_update: int
-    plotted_at: float = -math.inf  # when progress.png was last drawn (time.monotonic)
+    plotted_at: float = field(default_factory=time.monotonic)  # when progress.png was last drawn, or the
+    # run (re)started: a run under a minute draws it once, at its end
 
     @property
     def main(self):
@@ -352,8 +352,8 @@ def update_policy(learner, progress, run, update, finished, started):
 
 def write_update(run, learner, progress, episodes, stats, ranks, controller, device, board):
     """Rank 0's files after an update: the metrics, the training state (with every rank's part), and
-    every tenth of the run a periodic checkpoint and progress.png (drawing takes about a second: at
-    most once a minute, and always after the last update)."""
+    every tenth of the run a periodic checkpoint and progress.png (drawing takes one to two seconds: at
+    most once a minute, the first a minute after the start, and always after the last update)."""
     for record in episodes:
         append_jsonl(run.episodes_path, record)
     append_jsonl(run.updates_path, stats)
