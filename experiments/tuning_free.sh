@@ -32,6 +32,7 @@ declare -A ARMS=(
   [J]="--family-optimizers schedulefree"                  # the better of H and I (H), schedule-free AdamW's rate only
   [K]="--family-optimizers adam --anchor cosine"          # G, actions correct a cosine schedule (I's anchor on G's mix)
   [L]="--family-optimizers adam,adamw"                    # G with AdamW too: the optimizers that share Adam's rate scale
+  [M]="--family-optimizers adam --family-members mlp,cnn" # G with LeNet-5 a fixed member too (ResNet-18 needs a GPU)
 )
 # arms compared on the held-out seeds drawn with one optimizer only (the one they trained with)
 declare -A CHILD_OPTIMIZER=([J]=schedulefree)
