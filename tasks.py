@@ -80,7 +80,8 @@ def family_task(seed, optimizers=OPTIMIZERS, members=ARCHITECTURES):
     size (16-512), the horizon (300-3000 steps, log-uniform), the child (a random classifier: 0-3
     convolutions, 0-2 dense layers, activation, batch norm, dropout; or, with probability
     FAMILY_FIXED_MEMBER, a fixed child of ``members``), and last the optimizer of ``optimizers`` with
-    its settings. So restricting ``members`` or ``optimizers`` changes only those keys of a seed's task."""
+    its settings. So restricting ``members`` or ``optimizers`` changes only those keys of a seed's task
+    (and a LeNet-5 draw's image size: it keeps full-size images)."""
     rng = random.Random(seed)
     dataset = rng.choice(("mnist", "fa-mnist"))
     classes = 5 if rng.random() < 0.2 else None
@@ -93,6 +94,8 @@ def family_task(seed, optimizers=OPTIMIZERS, members=ARCHITECTURES):
     architecture = random_architecture(rng)
     if fixed in members:
         architecture = fixed
+    if architecture == "cnn":
+        image_size = None  # LeNet-5 takes 28x28 images or larger: the 14-pixel variant is not for it
     name = rng.choice(optimizers)
     weight_decay, beta1, beta2 = 0.0, 0.9, 0.999  # Adam as the reference has it
     if name in ("adamw", "schedulefree"):

@@ -63,8 +63,14 @@ def test_a_family_seed_is_one_task_and_restrictions_change_only_their_keys():
     adam_only = [family_task(seed, optimizers=("adam",), members=("mlp",)) for seed in range(200)]
     keys = ("dataset", "batch_size", "num_train_steps", "train_size", "classes", "label_noise", "image_size")
     for full, restricted in zip(tasks, adam_only):
-        assert [getattr(full, k) for k in keys] == [getattr(restricted, k) for k in keys]
+        same = keys[:-1] if full.architecture == "cnn" else keys  # LeNet-5 keeps full-size images
+        assert [getattr(full, k) for k in same] == [getattr(restricted, k) for k in same]
         assert restricted.optimizer == "adam" and restricted.architecture not in ("cnn", "resnet")
+    lenets = [t for t in map(family_task, range(2000)) if t.architecture == "cnn"]
+    for task in lenets[:5]:  # every draw of a fixed member builds for its images
+        assert build_model(task.architecture, 1, (task.image_size or 28,) * 2, task.classes or 10)
+    assert all(t.image_size is None for t in lenets) and any(
+        family_task(seed, members=("mlp",)).image_size == 14 for seed in range(2000) if family_task(seed) in lenets)
     assert parse_task("family=7", Task()) == family_task(7)
     assert parse_task("family=7,optimizer=sgd", Task()) == dataclasses.replace(family_task(7), optimizer="sgd")
 
