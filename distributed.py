@@ -32,6 +32,11 @@ def process_group(device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
+    # torch._dynamo imported while the group is up (a torch optimizer's constructor imports it) keeps
+    # the group alive past destroy_process_group: its gloo threads then run into interpreter exit,
+    # which aborts the process now and then (SIGABRT, "terminate called without an active exception").
+    # Imported first, it leaves the group to destroy_process_group, which joins those threads.
+    import torch._dynamo  # noqa: F401
     timeout = datetime.timedelta(seconds=float(os.environ.get("ALRS_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     dist.init_process_group("gloo", timeout=timeout)
     stdout = sys.stdout

@@ -30,6 +30,11 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def thread_names():
+    """The names of this process's threads, Python's and native ones alike (Linux's /proc)."""
+    return sorted((task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
+
+
 def collectives(rank, port, errors):
     """One rank of the collectives check; any failure is put on ``errors``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
@@ -52,6 +57,7 @@ def collectives(rank, port, errors):
 
             # gradients are averaged over the ranks
             weight = torch.nn.Parameter(torch.ones(3))
+            torch.optim.Adam([weight])  # as train.py builds one inside the group (it imports torch._dynamo)
             (weight * (rank + 1.0)).sum().backward()
             distributed.average_gradients([weight])
             assert torch.equal(weight.grad, torch.full((3,), 1.5))
@@ -59,6 +65,8 @@ def collectives(rank, port, errors):
             distributed.check_identical(torch.arange(4.0), "the same tensor")
             with pytest.raises(RuntimeError, match=r"differs between rank 0 and rank\(s\) \[1\]"):
                 distributed.check_identical(torch.tensor([float(rank)]), "a rank-dependent tensor")
+        # the group's threads end with it: left running into interpreter exit, they abort the process
+        assert not [name for name in thread_names() if "gloo" in name], thread_names()
     except BaseException as error:  # noqa: BLE001 - reported to the parent test
         errors.put(f"rank {rank}: {type(error).__name__}: {error}")
 
