@@ -44,8 +44,8 @@ def process_group(device):
         sys.stdout = open(os.devnull, "w")
     try:
         yield device
-        # a normal end: every rank waits for the others (rank 0 may still be writing and plotting), as a
-        # rank tearing gloo down while a peer runs on was seen to abort (SIGABRT) after finishing its work
+        # a normal end: every rank waits for the others (rank 0 may still be writing and plotting)
+        # before the group is destroyed
         dist.barrier()
     finally:
         if sys.stdout is not stdout:
