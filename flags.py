@@ -191,6 +191,10 @@ def add_controller_flags(p):
     g.add_argument("--tensorboard", action="store_true",
                    help="also write the metrics as TensorBoard scalars to runs/<id>/tb (needs: pip install tensorboard)")
     g.add_argument("--resume", default=None, metavar="ID", help="continue experiment ID with its saved settings")
+    g.add_argument("--init-controller", default=None, metavar="PATH",
+                   help="start from this controller checkpoint's weights and normalizer statistics instead of a "
+                        "fresh policy (fine-tune a trained controller, or train one longer); its features, action "
+                        "and anchor must match the flags")
 
 
 FLAG_TYPES = {int: {"type": int}, float: {"type": finite_float}, float | None: {"type": finite_float},

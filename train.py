@@ -20,7 +20,8 @@ from tqdm import tqdm
 import distributed
 import flags
 from data import data_source
-from alrs.controller import controller_state, nearest_start, start_lrs
+from alrs.controller import (controller_semantics, controller_state, nearest_start, read_controller_checkpoint,
+                             start_lrs)
 from environment import EnvConfig, FamilyVecEnv, TaskMixVecEnv, VecALRSEnv
 from plots import plot_training
 from alrs.policy import ActorCritic, VecNormalizer
@@ -199,13 +200,19 @@ def train(args, device):
         check_writable(args.runs_dir)
     torch.manual_seed(args.seed)
     config, tasks = PPOConfig.from_args(args), training_tasks(args)
+    initial = initial_controller(args) if args.init_controller and not args.resume else None
     raw_envs, run = open_run(args, config, tasks, run_dir, device)
     learner = build_learner(args, config, raw_envs, run.rank)
-    optimizers = sorted({task.optimizer for task in tasks} | set(args.family_optimizers if args.family else ()))
+    optimizers = sorted({task.optimizer for task in tasks} | set(args.family_optimizers if args.family else ())
+                        | set(initial.get("optimizers", ()) if initial else ()))
     controller = lambda: controller_state(learner.agent, learner.normalizer, args.action_range, args.action_param,
                                           args.features, args.anchor, args.anchor_range, optimizers)
     bar = board = None
     try:
+        if initial:
+            learner.agent.load_state_dict(initial["agent"])
+            learner.normalizer.obs_rms.load_state_dict(initial["normalizer"]["obs_rms"])
+            learner.normalizer.ret_rms.load_state_dict(initial["normalizer"]["ret_rms"])
         progress = restore(learner, run, start_lrs(args.initial_lr), device) if args.resume else \
             start(learner, run, start_lrs(args.initial_lr), controller())
         if run.main:
@@ -237,6 +244,23 @@ def train(args, device):
             board.close()
     distributed.check_identical(torch.nn.utils.parameters_to_vector(learner.agent.parameters()), "the controller")
     report_done(args, tasks, run, progress)
+
+
+def initial_controller(args):
+    """The checkpoint --init-controller names, checked to observe and act as this run's flags say (its
+    weights and statistics would mean something else otherwise). Its Adam moments are not in it: the
+    policy's optimizer starts afresh."""
+    state = read_controller_checkpoint(args.init_controller)
+    if "members" in state:
+        raise UserError(f"--init-controller {args.init_controller} is an ensemble; start from one of its members")
+    wanted = {"discrete": bool(args.discrete), "action_range": args.action_range, "action_param": args.action_param,
+              "features": args.features, "anchor": args.anchor, "anchor_range": args.anchor_range}
+    saved = controller_semantics(state)
+    differ = [f"--{key.replace('_', '-')} {saved[key]} (flags: {wanted[key]})" for key in wanted
+              if saved[key] != wanted[key]]
+    if differ:
+        raise UserError(f"--init-controller {args.init_controller} was trained with " + ", ".join(differ))
+    return state
 
 
 def open_run(args, config, tasks, run_dir, device):

@@ -261,6 +261,14 @@ def controller_features(state):
     return state.get("features", "reference")
 
 
+def controller_semantics(state):
+    """How a controller checkpoint observes and acts, with the defaults of checkpoints from before each
+    setting was saved: the reference's clip, features and no anchor."""
+    return {"discrete": state["discrete"], "action_range": state["action_range"],
+            "action_param": state.get("action_param", "clip"), "features": controller_features(state),
+            "anchor": state.get("anchor", "none"), "anchor_range": state.get("anchor_range", DEFAULT_ANCHOR_RANGE)}
+
+
 def load_controller(state, deterministic=True):
     """The ``Controller`` of a ``controller_state`` dict, in eval mode with its normalizer frozen (the
     ``ControllerEnsemble`` of an ``ensemble_state`` dict).
@@ -274,7 +282,7 @@ def load_controller(state, deterministic=True):
     normalizer = VecNormalizer(agent.actor[0].in_features, 1, norm_obs=state["norm_obs"], clip=state["clip"])
     normalizer.load_state_dict(state["normalizer"])
     normalizer.training = False
-    return Controller(agent.eval(), normalizer, state["action_range"], state.get("action_param", "clip"),
-                      controller_features(state), deterministic=deterministic, anchor=state.get("anchor", "none"),
-                      anchor_range=state.get("anchor_range", DEFAULT_ANCHOR_RANGE),
-                      optimizers=tuple(state.get("optimizers", ("adam",))))
+    semantics = controller_semantics(state)
+    return Controller(agent.eval(), normalizer, semantics["action_range"], semantics["action_param"],
+                      semantics["features"], deterministic=deterministic, anchor=semantics["anchor"],
+                      anchor_range=semantics["anchor_range"], optimizers=tuple(state.get("optimizers", ("adam",))))

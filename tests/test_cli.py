@@ -302,6 +302,30 @@ def test_train_resumes_after_sigkill_and_ends_like_an_uninterrupted_run(mnist_di
         assert torch.equal(value, final[1]["agent"][key]), key
 
 
+def test_init_controller_starts_training_from_a_checkpoints_weights_and_statistics(trained, tmp_path):
+    runs, run_id, common = trained
+    start_from = runs / run_id / "checkpoints" / "best.pt"
+    out = run("train.py", *common, "--num-envs", "2", *TINY_PPO, "--ppo2-total-timesteps", "16",
+              "--init-controller", start_from, "--runs-dir", tmp_path).stdout
+    checkpoints = tmp_path / experiment_id(out) / "checkpoints"
+    initial, first = (torch.load(path, weights_only=True) for path in (start_from, checkpoints / "step-0000000_untrained.pt"))
+    for key, value in initial["agent"].items():  # the run's step-0 control is the controller it started from
+        assert torch.equal(value, first["agent"][key]), key
+    for stats in ("obs_rms", "ret_rms"):
+        assert torch.equal(initial["normalizer"][stats]["mean"], first["normalizer"][stats]["mean"])
+    assert not first["normalizer"]["returns"].any()  # a fresh start's running returns
+    trained_on = torch.load(checkpoints / "latest.pt", weights_only=True)["agent"]["actor.0.weight"]
+    assert not torch.equal(trained_on, initial["agent"]["actor.0.weight"])  # and it trained on from there
+
+
+def test_init_controller_refuses_a_checkpoint_that_observes_otherwise(trained, tmp_path):
+    runs, run_id, common = trained
+    result = run("train.py", *common, "--num-envs", "2", *TINY_PPO, "--features", "relative", "--runs-dir", tmp_path,
+                 "--init-controller", runs / run_id / "checkpoints" / "best.pt", check=False)
+    assert_one_line_error(result, "--features reference (flags: relative)")
+    assert not list(tmp_path.iterdir())  # refused before any experiment folder
+
+
 def test_resume_without_latest_pt_refuses_and_keeps_the_records(mnist_dir, tmp_path):
     out = run("train.py", "--data-dir", mnist_dir, "--runs-dir", tmp_path, *TINY, *TINY_PPO, "--architecture", "mlp",
               "--ppo2-total-timesteps", "16").stdout
