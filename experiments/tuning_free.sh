@@ -26,6 +26,7 @@ COMMON=(--data-dir "${DATA_DIR:-data}" --device "${DEVICE:-cpu}" --runs-dir "$RU
 F=(--features relative-progress --action-range 1.5)
 ALL=adam,adamw,sgd,schedulefree
 G_FINAL=experiments/results/tuning_free/runs/family6_continuous_20261204-042228_arm-G/checkpoints/step-0030000_val-0.3687.pt
+G_SEED2_FINAL=experiments/results/tuning_free/runs/family6_continuous_20261204-182219_arm-G-seed2/checkpoints/step-0030000_val-0.4346.pt
 declare -A ARMS=(
   [G]="--family-optimizers adam"                          # the family, Adam only
   [H]="--family-optimizers $ALL"                          # the family, every optimizer
@@ -35,6 +36,7 @@ declare -A ARMS=(
   [L]="--family-optimizers adam,adamw"                    # G with AdamW too: the optimizers that share Adam's rate scale
   [M]="--family-optimizers adam --family-members mlp,cnn" # G with LeNet-5 a fixed member too (ResNet-18 needs a GPU)
   [N]="--family-optimizers adam --init-controller $G_FINAL --seed 100" # G trained 30000 steps longer, on new draws
+  [O]="--family-optimizers adam --init-controller $G_SEED2_FINAL --seed 102" # N's replication: G-seed2 trained longer
 )
 # arms compared on the held-out seeds drawn with one optimizer only (the one they trained with)
 declare -A CHILD_OPTIMIZER=([J]=schedulefree)
