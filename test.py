@@ -15,6 +15,7 @@ runs/<experiment-id>/test/<dataset>_<architecture>[_transfer]_<checkpoint>_<mode
 """
 import argparse
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -79,7 +80,14 @@ def load_policies(run_dir, state):
     return controller, untrained
 
 
-def controller_rows(args, policies, lr):
+def initial_policy_name(trained):
+    """What the run's step-0 checkpoint is, for its rows' labels: the untrained policy, or, for a run
+    started with --init-controller, the controller it started from."""
+    started_from = trained.get("init_controller")
+    return f"initial ({Path(started_from).name}, step 0" if started_from else "untrained (step 0"
+
+
+def controller_rows(args, policies, lr, initial_name):
     """The learned controller and, where there is one, its initial policy, from rate ``lr``."""
     controller, untrained = policies
     controller = replace(controller, deterministic=bool(args.test_deterministic))
@@ -90,19 +98,19 @@ def controller_rows(args, policies, lr):
                 controller.starting_at(lr),
                 {"checkpoint": args.test_schedule, **config})]
     if untrained is not None:
-        rows.append(Row(f"untrained@{lr:g}", f"untrained (step 0, {mode}) from {lr:g}", lr,
+        rows.append(Row(f"untrained@{lr:g}", f"{initial_name}, {mode}) from {lr:g}", lr,
                         controller.starting_at(lr, agent=untrained),
                         {"checkpoint": UNTRAINED_CHECKPOINT, **config}))
     return rows
 
 
-def make_rows(args, run_dir, state, baseline_runs, best, starts):
+def make_rows(args, run_dir, trained, state, baseline_runs, best, starts):
     """Per start rate: learned, untrained, the best step decay, constant rate and cosine annealing from
     that rate; then the best baselines overall, where no row holds them yet."""
     policies = load_policies(run_dir, state)
     rows = []
     for lr in starts:
-        rows += controller_rows(args, policies, lr)
+        rows += controller_rows(args, policies, lr, initial_policy_name(trained))
         for kind in BASELINE_KINDS:
             run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
@@ -162,7 +170,7 @@ def evaluate(args, argv, device):
     args = settings(args, argv, trained)
     state = read_controller_checkpoint(checkpoint_path(run_dir, args.test_schedule))
     baseline_runs, best = load_baseline_runs(args)
-    rows = make_rows(args, run_dir, state, baseline_runs, best, start_lrs(args.initial_lr))
+    rows = make_rows(args, run_dir, trained, state, baseline_runs, best, start_lrs(args.initial_lr))
 
     trained_labels = trained_settings(trained)
     trained_on = ", ".join(trained_labels)

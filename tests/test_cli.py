@@ -88,6 +88,7 @@ def test_test_compares_learned_schedule_with_untrained_and_baselines_from_each_r
     out = run("test.py", *common, "--test-id", run_id, "--test-runs", "2").stdout
     assert "TRANSFER" not in out
     assert re.search(r"^learned \(best, mode\) from 0.01\s+\d+\.\d{4} \+- \d+\.\d{4}\s", out, re.M), out
+    assert re.search(r"^untrained \(step 0, mode\) from 0.01\s", out, re.M), out
     table = out.split("lower loss is better")[1].split("\nsaved ")[0]  # the lines before name paths
     assert max(map(len, table.splitlines())) <= 120 and "paired differences of final validation loss" in table
     folder = runs / run_id / "test" / "fa-mnist_mlp_best_deterministic"
@@ -316,6 +317,10 @@ def test_init_controller_starts_training_from_a_checkpoints_weights_and_statisti
     assert not first["normalizer"]["returns"].any()  # a fresh start's running returns
     trained_on = torch.load(checkpoints / "latest.pt", weights_only=True)["agent"]["actor.0.weight"]
     assert not torch.equal(trained_on, initial["agent"]["actor.0.weight"])  # and it trained on from there
+    shutil.copytree(runs / "baselines", tmp_path / "baselines")
+    table = run("test.py", *common, "--runs-dir", tmp_path, "--test-id", experiment_id(out), "--test-runs", "1",
+                "--test-schedule", "latest").stdout
+    assert re.search(r"^initial \(best\.pt, step 0, mode\) from 0\.001\s", table, re.M) and "untrained" not in table, table
 
 
 def test_init_controller_refuses_a_checkpoint_that_observes_otherwise(trained, tmp_path):
