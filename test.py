@@ -80,14 +80,13 @@ def load_policies(run_dir, state):
     return controller, untrained
 
 
-def initial_policy_name(trained):
-    """What the run's step-0 checkpoint is, for its rows' labels: the untrained policy, or, for a run
-    started with --init-controller, the controller it started from."""
-    started_from = trained.get("init_controller")
-    return f"initial ({Path(started_from).name}, step 0" if started_from else "untrained (step 0"
+def initial_policy_label(started_from, mode):
+    """The label of the run's step-0 checkpoint: the untrained policy, or, for a run started with
+    --init-controller (``started_from``, the file), the controller it started from."""
+    return f"initial ({Path(started_from).name}, step 0, {mode})" if started_from else f"untrained (step 0, {mode})"
 
 
-def controller_rows(args, policies, lr, initial_name):
+def controller_rows(args, policies, lr, started_from):
     """The learned controller and, where there is one, its initial policy, from rate ``lr``."""
     controller, untrained = policies
     controller = replace(controller, deterministic=bool(args.test_deterministic))
@@ -98,7 +97,7 @@ def controller_rows(args, policies, lr, initial_name):
                 controller.starting_at(lr),
                 {"checkpoint": args.test_schedule, **config})]
     if untrained is not None:
-        rows.append(Row(f"untrained@{lr:g}", f"{initial_name}, {mode}) from {lr:g}", lr,
+        rows.append(Row(f"untrained@{lr:g}", f"{initial_policy_label(started_from, mode)} from {lr:g}", lr,
                         controller.starting_at(lr, agent=untrained),
                         {"checkpoint": UNTRAINED_CHECKPOINT, **config}))
     return rows
@@ -110,7 +109,7 @@ def make_rows(args, run_dir, trained, state, baseline_runs, best, starts):
     policies = load_policies(run_dir, state)
     rows = []
     for lr in starts:
-        rows += controller_rows(args, policies, lr, initial_policy_name(trained))
+        rows += controller_rows(args, policies, lr, trained.get("init_controller"))
         for kind in BASELINE_KINDS:
             run = best_of(baseline_runs, kind, initial_lr=lr)
             if run is not None:
