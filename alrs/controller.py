@@ -32,7 +32,10 @@ VAL_LOSS = REFERENCE_FEATURES.index("val_loss")  # the column the reward and the
 RELATIVE_FEATURES = ("log_train_over_val", "log_val_over_first", "log_val_over_chance", "log_improvement",
                      "log_prediction_change", "log_lr", "log_lr_over_initial")  # scale-free (relative_features)
 FEATURES = {"reference": REFERENCE_FEATURES, "relative": RELATIVE_FEATURES,
-            "relative-progress": RELATIVE_FEATURES + ("progress",)}  # what a controller observes, by --features
+            "relative-progress": RELATIVE_FEATURES + ("progress",),
+            # without the absolute rate: where to steer it must be read from how the losses respond
+            "relative-progress-no-log-lr": tuple(f for f in RELATIVE_FEATURES if f != "log_lr") + ("progress",),
+            }  # what a controller observes, by --features
 ANCHORS = ("none", "constant", "cosine")  # the base schedule the controlled rate multiplies (none: the reference's)
 DEFAULT_ANCHOR_RANGE = 100.0  # an anchored rate stays within this factor of the start (1e-4 reaches 1e-2)
 TINY = 1e-30  # floor under the ratios whose logarithm is a feature (a fresh child's are exactly 1, never 0)
@@ -103,8 +106,12 @@ def select_features(name, reference, first_val_loss, prev_val_loss, initial_lr, 
     """The observation named ``name`` (a key of FEATURES) of E children, (E, len(FEATURES[name]))."""
     if name == "reference":
         return np.asarray(reference, dtype=np.float64)
-    return relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss,
-                             progress if name == "relative-progress" else None)
+    names = FEATURES[name]
+    with_progress = "progress" in names
+    columns = relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss,
+                                progress if with_progress else None)
+    computed = RELATIVE_FEATURES + (("progress",) if with_progress else ())
+    return columns[:, [computed.index(feature) for feature in names]]
 
 
 def apply_action(lr, action, discrete, action_range, action_param="clip"):

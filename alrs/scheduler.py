@@ -137,7 +137,7 @@ class ALRSScheduler(LRScheduler):
                              f"controller scales it), got {optimizer.param_groups[0]['lr']}")
         self.controller = (controller if isinstance(controller, (Controller, ControllerEnsemble))
                            else load_scheduler_controller(controller, deterministic))
-        needs_total = self.controller.features == "relative-progress" or self.controller.anchor == "cosine"
+        needs_total = "progress" in FEATURES[self.controller.features] or self.controller.anchor == "cosine"
         if needs_total and self.total_steps is None:
             raise ValueError("total_steps: this controller observes the fraction of the run done (or follows a "
                              "cosine schedule); pass the run's number of training steps")

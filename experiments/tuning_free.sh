@@ -37,6 +37,7 @@ declare -A ARMS=(
   [M]="--family-optimizers adam --family-members mlp,cnn" # G with LeNet-5 a fixed member too (ResNet-18 needs a GPU)
   [N]="--family-optimizers adam --init-controller $G_FINAL --seed 100" # G trained 30000 steps longer, on new draws
   [O]="--family-optimizers adam --init-controller $G_SEED2_FINAL --seed 102" # N's replication: G-seed2 trained longer
+  [P]="--family-optimizers adam --features relative-progress-no-log-lr" # G, the absolute rate not observed (replaces F's)
 )
 # arms compared on the held-out seeds drawn with one optimizer only (the one they trained with)
 declare -A CHILD_OPTIMIZER=([J]=schedulefree)

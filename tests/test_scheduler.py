@@ -98,7 +98,7 @@ def relative_controller(features):
     return Controller(agent.eval(), normalizer, 1.05, "log", features=features)
 
 
-@pytest.mark.parametrize("features", ["relative", "relative-progress"])
+@pytest.mark.parametrize("features", ["relative", "relative-progress", "relative-progress-no-log-lr"])
 def test_scheduler_reproduces_the_environment_with_relative_features(splits, features):
     controller = relative_controller(features)
     episode = environment_run(splits, controller, 1e-3)
@@ -109,10 +109,11 @@ def test_scheduler_reproduces_the_environment_with_relative_features(splits, fea
     assert len(set(np.round(rates, 12))) > 2  # the observation moved the rate
 
 
-def test_a_progress_controller_needs_total_steps(splits):
+@pytest.mark.parametrize("features", ["relative-progress", "relative-progress-no-log-lr"])
+def test_a_progress_controller_needs_total_steps(splits, features):
     model = build_model("mlp", 1, (28, 28))
     with pytest.raises(ValueError, match="total_steps"):
-        ALRSScheduler(torch.optim.Adam(model.parameters()), model, relative_controller("relative-progress"),
+        ALRSScheduler(torch.optim.Adam(model.parameters()), model, relative_controller(features),
                       (to_float(splits.val_x), splits.val_y))
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data import Splits, load_splits
-from alrs.controller import FEATURES, relative_features
+from alrs.controller import FEATURES, RELATIVE_FEATURES, relative_features
 from environment import EnvConfig, TaskMixVecEnv, VecALRSEnv, run_episode, stack
 from schedules import StepDecay, replay_schedules
 from tasks import Task, make_variant, parse_task
@@ -69,17 +69,20 @@ def test_downsampled_images_are_area_averages(splits):
 
 # ----------------------------------------------------------------------------- scale-free observation
 
-@pytest.mark.parametrize("features", ["relative", "relative-progress"])
+@pytest.mark.parametrize("features", ["relative", "relative-progress", "relative-progress-no-log-lr"])
 def test_env_observes_the_relative_features_of_its_reference_ones(splits, features):
     env = VecALRSEnv(replace(CONFIG, features=features), splits, [0], "cpu")
     reference_env = VecALRSEnv(CONFIG, splits, [0], "cpu")
     obs, _ = env.reset()
     reference_obs, _ = reference_env.reset()
     assert env.observation_space.shape == (len(FEATURES[features]),) and obs.shape == (1, len(FEATURES[features]))
+    names = FEATURES[features]
     fresh = np.zeros(obs.shape[1])  # a fresh child: every ratio is 1
-    fresh[[2, 5]] = obs[0, [2, 5]]
+    nonzero = [names.index(f) for f in ("log_val_over_chance", "log_lr") if f in names]
+    fresh[nonzero] = obs[0, nonzero]
     np.testing.assert_allclose(obs[0], fresh, atol=1e-6)
-    assert obs[0, 5] == pytest.approx(math.log(1e-3), rel=1e-6)
+    if "log_lr" in names:
+        assert obs[0, names.index("log_lr")] == pytest.approx(math.log(1e-3), rel=1e-6)
     first_val = reference_obs[0, 1]
     for block in range(1, 3):
         prev_val = reference_obs[0, 1]
@@ -87,7 +90,9 @@ def test_env_observes_the_relative_features_of_its_reference_ones(splits, featur
         reference_obs, reference_reward, *_ = reference_env.step_lr(np.array([2e-3]))
         assert reward == reference_reward  # the reward reads the losses, whatever the controller observes
         expected = relative_features(reference_obs.astype(np.float64), [first_val], [prev_val], [1e-3], math.log(10),
-                                     [block * 3 / 12] if features == "relative-progress" else None)
+                                     [block * 3 / 12] if "progress" in names else None)
+        if features == "relative-progress-no-log-lr":  # the same, less the log lr column
+            expected = np.delete(expected, RELATIVE_FEATURES.index("log_lr"), axis=1)
         np.testing.assert_allclose(obs, expected, rtol=1e-5, atol=1e-6)
 
 
