@@ -110,7 +110,7 @@ def select_features(name, reference, first_val_loss, prev_val_loss, initial_lr, 
     with_progress = "progress" in names
     columns = relative_features(reference, first_val_loss, prev_val_loss, initial_lr, chance_loss,
                                 progress if with_progress else None)
-    computed = RELATIVE_FEATURES + (("progress",) if with_progress else ())
+    computed = FEATURES["relative-progress" if with_progress else "relative"]  # relative_features' columns
     return columns[:, [computed.index(feature) for feature in names]]
 
 

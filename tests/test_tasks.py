@@ -75,8 +75,8 @@ def test_env_observes_the_relative_features_of_its_reference_ones(splits, featur
     reference_env = VecALRSEnv(CONFIG, splits, [0], "cpu")
     obs, _ = env.reset()
     reference_obs, _ = reference_env.reset()
-    assert env.observation_space.shape == (len(FEATURES[features]),) and obs.shape == (1, len(FEATURES[features]))
     names = FEATURES[features]
+    assert env.observation_space.shape == (len(names),) and obs.shape == (1, len(names))
     fresh = np.zeros(obs.shape[1])  # a fresh child: every ratio is 1
     nonzero = [names.index(f) for f in ("log_val_over_chance", "log_lr") if f in names]
     fresh[nonzero] = obs[0, nonzero]
